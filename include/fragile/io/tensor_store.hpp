@@ -1,0 +1,150 @@
+// A read-only, name-indexed set of tensors backed by memory-mapped files.
+//
+// Every on-disk model format fragile reads (safetensors, single or sharded; llama2.c
+// checkpoints) ends up as a TensorStore: the files stay mmapped, each tensor is a validated
+// (file, byte range, dtype, shape) entry, and `load_f32` upcasts on demand.
+#pragma once
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/error.hpp"
+#include "fragile/core/mapped_file.hpp"
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xarray.hpp>
+#include <xtensor/xtensor.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace fragile::io {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::size_t> shape;
+  std::size_t file = 0;    ///< index into the store's files
+  std::size_t offset = 0;  ///< absolute byte offset in that file
+  std::size_t nbytes = 0;
+
+  [[nodiscard]] std::size_t numel() const noexcept {
+    std::size_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+/// Formats a shape as [a, b, c].
+inline std::string shape_string(std::span<const std::size_t> shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+class TensorStore {
+ public:
+  TensorStore() = default;
+  explicit TensorStore(std::string description) : description_(std::move(description)) {}
+
+  /// Adds a mapped file; returns its index for add_tensor.
+  std::size_t add_file(MappedFile file) {
+    files_.push_back(std::make_shared<MappedFile>(std::move(file)));
+    return files_.size() - 1;
+  }
+
+  /// Registers a tensor after checking that its byte range lies inside its file and matches
+  /// numel x itemsize, and that the name is new.
+  void add_tensor(TensorInfo info) {
+    require<IoError>(info.file < files_.size(), "{}: tensor '{}' refers to file #{} of {}",
+                     description_, info.name, info.file, files_.size());
+    const auto& f = *files_[info.file];
+    const std::size_t expected = info.numel() * dtype_size(info.dtype);
+    require<IoError>(info.nbytes == expected,
+                     "{}: tensor '{}' ({} {}) needs {} bytes, its byte range holds {}",
+                     f.path().string(), info.name, dtype_name(info.dtype),
+                     shape_string(info.shape), expected, info.nbytes);
+    require<IoError>(info.offset <= f.size() && info.nbytes <= f.size() - info.offset,
+                     "{}: tensor '{}' ends at byte {}, file has {}", f.path().string(), info.name,
+                     info.offset + info.nbytes, f.size());
+    require<IoError>(!index_.contains(info.name), "{}: tensor '{}' appears twice", description_,
+                     info.name);
+    index_.emplace(info.name, std::move(info));
+  }
+
+  void set_metadata(std::string key, std::string value) {
+    metadata_[std::move(key)] = std::move(value);
+  }
+
+  [[nodiscard]] const std::string& description() const noexcept { return description_; }
+  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
+  [[nodiscard]] bool contains(const std::string& name) const { return index_.contains(name); }
+  [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept {
+    return metadata_;
+  }
+
+  /// Tensor names in sorted order.
+  [[nodiscard]] std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    out.reserve(index_.size());
+    for (const auto& [name, info] : index_) out.push_back(name);
+    return out;
+  }
+
+  [[nodiscard]] const TensorInfo& info(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) raise<IoError>("{}: no tensor named '{}'", description_, name);
+    return it->second;
+  }
+
+  /// The tensor's stored bytes (zero-copy view into the mapped file).
+  [[nodiscard]] std::span<const std::byte> bytes(const std::string& name) const {
+    const auto& i = info(name);
+    return files_[i.file]->bytes().subspan(i.offset, i.nbytes);
+  }
+
+  /// Copies the tensor into `dst` as f32 (upcasting bf16/f16), throwing NumericError naming the
+  /// tensor if any value is NaN or Inf.
+  void read_f32(const std::string& name, std::span<float> dst) const {
+    const auto& i = info(name);
+    require<ShapeError>(dst.size() == i.numel(), "{}: tensor '{}' has {} elements, buffer has {}",
+                        description_, name, i.numel(), dst.size());
+    convert_to_f32(i.dtype, bytes(name).data(), dst.data(), dst.size());
+    for (std::size_t k = 0; k < dst.size(); ++k)
+      if (!std::isfinite(dst[k]))
+        raise<NumericError>("{}: tensor '{}' holds a non-finite value ({}) at flat index {}",
+                            description_, name, dst[k], k);
+  }
+
+  /// The tensor as an f32 array of its stored rank.
+  [[nodiscard]] xt::xarray<float> load_f32(const std::string& name) const {
+    const auto& i = info(name);
+    xt::xarray<float> out(std::vector<std::size_t>(i.shape.begin(), i.shape.end()));
+    read_f32(name, std::span<float>(out.data(), out.size()));
+    return out;
+  }
+
+  /// The tensor as an f32 array of rank N; ShapeError if its rank differs.
+  template <std::size_t N>
+  [[nodiscard]] xt::xtensor<float, N> load_f32(const std::string& name) const {
+    const auto& i = info(name);
+    require<ShapeError>(i.shape.size() == N, "{}: tensor '{}' has shape {}, expected rank {}",
+                        description_, name, shape_string(i.shape), N);
+    std::array<std::size_t, N> shape{};
+    std::copy(i.shape.begin(), i.shape.end(), shape.begin());
+    xt::xtensor<float, N> out(shape);
+    read_f32(name, std::span<float>(out.data(), out.size()));
+    return out;
+  }
+
+ private:
+  std::string description_ = "tensor store";
+  std::vector<std::shared_ptr<const MappedFile>> files_;
+  std::map<std::string, TensorInfo> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace fragile::io
