@@ -1,0 +1,132 @@
+// The in-memory description of a Llama-family decoder (Llama, Qwen2, Mistral, llama2.c).
+// Every loader (HF config.json, llama2.c header) fills this one struct; the runtime reads only it.
+#pragma once
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/error.hpp"
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fragile::model {
+
+enum class Architecture { kLlama, kQwen2, kMistral };
+
+constexpr std::string_view architecture_name(Architecture a) noexcept {
+  switch (a) {
+    case Architecture::kLlama: return "llama";
+    case Architecture::kQwen2: return "qwen2";
+    case Architecture::kMistral: return "mistral";
+  }
+  return "?";
+}
+
+/// How RoPE pairs the dimensions of a head.
+enum class RopeStyle {
+  kHalf,         ///< HF `rotate_half`: pairs (x[i], x[i + d/2])
+  kInterleaved,  ///< llama2.c / Meta: adjacent pairs (x[2i], x[2i+1])
+};
+
+struct RopeScaling {
+  enum class Type { kNone, kLlama3 };
+  Type type = Type::kNone;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  std::size_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  Architecture architecture = Architecture::kLlama;
+  std::size_t hidden_size = 0;
+  std::size_t intermediate_size = 0;
+  std::size_t num_hidden_layers = 0;
+  std::size_t num_attention_heads = 0;
+  std::size_t num_key_value_heads = 0;
+  std::size_t head_dim = 0;
+  std::size_t vocab_size = 0;
+  std::size_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  RopeStyle rope_style = RopeStyle::kHalf;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;           ///< q/k/v projections carry a bias (Qwen2)
+  std::optional<std::size_t> sliding_window;  ///< Mistral; nullopt = full causal attention
+  DType torch_dtype = DType::kF32;       ///< storage dtype of the checkpoint
+  std::optional<int> bos_token_id;
+  std::optional<int> eos_token_id;
+
+  [[nodiscard]] std::size_t q_dim() const noexcept { return num_attention_heads * head_dim; }
+  [[nodiscard]] std::size_t kv_dim() const noexcept { return num_key_value_heads * head_dim; }
+
+  /// Checks internal consistency; throws ConfigError naming `source` and the offending field.
+  void validate(std::string_view source) const {
+    auto positive = [&](std::size_t v, std::string_view field) {
+      require<ConfigError>(v > 0, "{}: '{}' must be positive, got {}", source, field, v);
+    };
+    positive(hidden_size, "hidden_size");
+    positive(intermediate_size, "intermediate_size");
+    positive(num_hidden_layers, "num_hidden_layers");
+    positive(num_attention_heads, "num_attention_heads");
+    positive(num_key_value_heads, "num_key_value_heads");
+    positive(head_dim, "head_dim");
+    positive(vocab_size, "vocab_size");
+    positive(max_position_embeddings, "max_position_embeddings");
+    require<ConfigError>(num_attention_heads % num_key_value_heads == 0,
+                         "{}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                         source, num_attention_heads, num_key_value_heads);
+    require<ConfigError>(head_dim % 2 == 0, "{}: head_dim must be even for RoPE, got {}", source,
+                         head_dim);
+    require<ConfigError>(rms_norm_eps > 0.0, "{}: rms_norm_eps must be positive, got {}", source,
+                         rms_norm_eps);
+    require<ConfigError>(rope_theta > 0.0, "{}: rope_theta must be positive, got {}", source,
+                         rope_theta);
+  }
+};
+
+/// The seven linear layers of a block, in HF order.
+enum class LinearKind { kQ, kK, kV, kO, kGate, kUp, kDown };
+
+inline constexpr LinearKind kAllLinearKinds[] = {LinearKind::kQ,    LinearKind::kK,
+                                                 LinearKind::kV,    LinearKind::kO,
+                                                 LinearKind::kGate, LinearKind::kUp,
+                                                 LinearKind::kDown};
+
+/// "self_attn.q_proj", ..., "mlp.down_proj".
+constexpr std::string_view linear_suffix(LinearKind k) noexcept {
+  switch (k) {
+    case LinearKind::kQ: return "self_attn.q_proj";
+    case LinearKind::kK: return "self_attn.k_proj";
+    case LinearKind::kV: return "self_attn.v_proj";
+    case LinearKind::kO: return "self_attn.o_proj";
+    case LinearKind::kGate: return "mlp.gate_proj";
+    case LinearKind::kUp: return "mlp.up_proj";
+    case LinearKind::kDown: return "mlp.down_proj";
+  }
+  return "?";
+}
+
+/// HF module name of a block's linear layer, e.g. "model.layers.3.mlp.up_proj".
+inline std::string linear_name(std::size_t block, LinearKind k) {
+  return fmt::format("model.layers.{}.{}", block, linear_suffix(k));
+}
+
+/// (out_features, in_features) of a linear layer under `c`.
+inline std::pair<std::size_t, std::size_t> linear_shape(const ModelConfig& c, LinearKind k) {
+  switch (k) {
+    case LinearKind::kQ: return {c.q_dim(), c.hidden_size};
+    case LinearKind::kK:
+    case LinearKind::kV: return {c.kv_dim(), c.hidden_size};
+    case LinearKind::kO: return {c.hidden_size, c.q_dim()};
+    case LinearKind::kGate:
+    case LinearKind::kUp: return {c.intermediate_size, c.hidden_size};
+    case LinearKind::kDown: return {c.hidden_size, c.intermediate_size};
+  }
+  return {0, 0};
+}
+
+}  // namespace fragile::model
