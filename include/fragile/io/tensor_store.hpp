@@ -9,11 +9,14 @@
 #include "fragile/core/error.hpp"
 #include "fragile/core/mapped_file.hpp"
 
+#include <fmt/ranges.h>
+
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
 #include <xtensor/xtensor.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -62,7 +65,11 @@ class TensorStore {
     require<IoError>(info.file < files_.size(), "{}: tensor '{}' refers to file #{} of {}",
                      description_, info.name, info.file, files_.size());
     const auto& f = *files_[info.file];
-    const std::size_t expected = info.numel() * dtype_size(info.dtype);
+    std::size_t expected = dtype_size(info.dtype);
+    for (auto d : info.shape)
+      require<IoError>(!__builtin_mul_overflow(expected, d, &expected),
+                       "{}: tensor '{}' has shape {}, whose byte size overflows",
+                       f.path().string(), info.name, shape_string(info.shape));
     require<IoError>(info.nbytes == expected,
                      "{}: tensor '{}' ({} {}) needs {} bytes, its byte range holds {}",
                      f.path().string(), info.name, dtype_name(info.dtype),
@@ -80,6 +87,13 @@ class TensorStore {
   }
 
   [[nodiscard]] const std::string& description() const noexcept { return description_; }
+  /// Number of mapped files (shards) and each one's mapping.
+  [[nodiscard]] std::size_t file_count() const noexcept { return files_.size(); }
+  [[nodiscard]] const MappedFile& file(std::size_t i) const {
+    require<ArgumentError>(i < files_.size(), "{}: file #{} of {}", description_, i,
+                           files_.size());
+    return *files_[i];
+  }
   [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
   [[nodiscard]] bool contains(const std::string& name) const { return index_.contains(name); }
   [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept {
