@@ -369,9 +369,10 @@ inline TensorStore open_safetensors(const std::filesystem::path& p) {
 // ---------------------------------------------------------------- writer
 
 /// Collects tensors and writes them as one safetensors file or as HF-style shards with an index.
-/// The layout follows the reference implementation: tensors ordered by decreasing itemsize then
-/// name (so every tensor is aligned to its itemsize), the header padded with spaces to a
-/// multiple of 8 bytes.
+/// The layout follows the reference implementation: tensors ordered by dtype (decreasing
+/// itemsize, so every tensor is aligned to its itemsize) then name, the header padded with
+/// spaces to a multiple of 8 bytes; the data section is byte-identical to what the reference
+/// writes for the same tensors.
 class SafetensorsWriter {
  public:
   /// Adds f32 values stored as `dtype` (F32, F16 or BF16; rounded to nearest even).
@@ -497,9 +498,21 @@ class SafetensorsWriter {
   }
 
   void write_file(const std::filesystem::path& path, std::vector<std::size_t> order) const {
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      const auto sa = dtype_size(tensors_[a].dtype), sb = dtype_size(tensors_[b].dtype);
-      if (sa != sb) return sa > sb;
+    // The reference orders by its dtype enum (descending), which sorts by itemsize and within
+    // one itemsize puts BF16 before F16 and I8 before U8; then by name.
+    const auto rank = [](DType t) {
+      switch (t) {
+        case DType::kF32: return 5;
+        case DType::kBF16: return 4;
+        case DType::kF16: return 3;
+        case DType::kI8: return 2;
+        case DType::kU8: return 1;
+      }
+      return 0;
+    };
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      const int ra = rank(tensors_[a].dtype), rb = rank(tensors_[b].dtype);
+      if (ra != rb) return ra > rb;
       return tensors_[a].name < tensors_[b].name;
     });
     nlohmann::ordered_json header = nlohmann::ordered_json::object();

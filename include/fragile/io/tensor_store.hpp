@@ -148,7 +148,7 @@ class TensorStore {
     require<ShapeError>(i.shape.size() == N, "{}: tensor '{}' has shape {}, expected rank {}",
                         description_, name, shape_string(i.shape), N);
     std::array<std::size_t, N> shape{};
-    std::copy(i.shape.begin(), i.shape.end(), shape.begin());
+    if constexpr (N > 0) std::copy(i.shape.begin(), i.shape.end(), shape.begin());
     xt::xtensor<float, N> out(shape);
     read_f32(name, std::span<float>(out.data(), out.size()));
     return out;
