@@ -56,12 +56,22 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;           ///< q/k/v projections carry a bias (Qwen2)
   std::optional<std::size_t> sliding_window;  ///< Mistral; nullopt = full causal attention
+  /// Layers with index >= this attend within `sliding_window` (0 for Mistral: every layer;
+  /// Qwen2's `max_window_layers`); ignored when sliding_window is nullopt.
+  std::size_t first_sliding_window_layer = 0;
   DType torch_dtype = DType::kF32;       ///< storage dtype of the checkpoint
   std::optional<int> bos_token_id;
-  std::optional<int> eos_token_id;
+  std::optional<int> eos_token_id;      ///< the first of eos_token_ids
+  std::vector<int> eos_token_ids;       ///< all end-of-sequence ids (Llama 3 lists several)
 
   [[nodiscard]] std::size_t q_dim() const noexcept { return num_attention_heads * head_dim; }
   [[nodiscard]] std::size_t kv_dim() const noexcept { return num_key_value_heads * head_dim; }
+
+  /// The attention window of block `layer`, or nullopt for full causal attention.
+  [[nodiscard]] std::optional<std::size_t> attention_window(std::size_t layer) const noexcept {
+    if (sliding_window && layer >= first_sliding_window_layer) return sliding_window;
+    return std::nullopt;
+  }
 
   /// Checks internal consistency; throws ConfigError naming `source` and the offending field.
   void validate(std::string_view source) const {
