@@ -305,8 +305,14 @@ inline TensorStore open_safetensors_index(const std::filesystem::path& index_pat
     require<IoError>(std::filesystem::is_regular_file(path),
                      "{}: shard '{}' named in the index (for tensor '{}') is missing", where,
                      path.string(), *expected.begin());
-    MappedFile file(path);
-    SafetensorsHeader header = parse_safetensors_header(file.bytes(), path.string());
+    MappedFile file;
+    SafetensorsHeader header;
+    try {
+      file = MappedFile(path);
+      header = parse_safetensors_header(file.bytes(), path.string());
+    } catch (const IoError& e) {
+      raise<IoError>("{}: {}", where, e.what());  // say which index led to the bad shard
+    }
     const std::size_t index = store.add_file(std::move(file));
     std::set<std::string> found;
     for (auto info : header.tensors) {
