@@ -67,7 +67,10 @@ class Regex {
       }
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
       const std::size_t b = ov[0], e = ov[1];
-      if (b > emitted) f(text.substr(emitted, b - emitted), false);
+      if (b > emitted) {
+        f(text.substr(emitted, b - emitted), false);
+        emitted = b;
+      }
       if (e > b) {
         f(text.substr(b, e - b), true);
         emitted = e;
