@@ -138,7 +138,7 @@ struct BlockQP {
   /// Largest number of option combinations enumerated exactly in one block (5^7 = 78125 for a
   /// Llama block with 5 options); above it the Lagrangian heuristic runs.
   std::uint64_t max_block_combinations = std::uint64_t{1} << 20;
-  /// Largest merged Pareto frontier for the exact DP; above it the heuristic runs.
+  /// Largest merged Pareto frontier for the exact DP; above it the heuristic runs (0 forces it).
   std::size_t max_states = std::size_t{1} << 22;
   /// Bisection steps on the Lagrange multiplier (heuristic only).
   std::size_t lagrange_iterations = 100;
