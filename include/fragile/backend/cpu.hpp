@@ -1,0 +1,103 @@
+// The CPU backend: fragile::cpu. GEMM through Eigen (multi-threaded with OpenMP when the build
+// enables it: Eigen parallelises large products over omp_get_max_threads() threads), host
+// std::vector storage, elementwise kernels as OpenMP loops or thrust on the OMP device system.
+#pragma once
+
+#include "fragile/backend/backend.hpp"
+#include "fragile/core/error.hpp"
+
+#include <Eigen/Core>
+#include <thrust/system/cpp/execution_policy.h>
+#if defined(_OPENMP)
+#include <thrust/system/omp/execution_policy.h>
+#endif
+
+#include <cstddef>
+#include <string_view>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace fragile {
+
+/// Tag of the CPU backend.
+struct cpu {
+  static constexpr std::string_view name = "cpu";
+  template <class T>
+  using Buffer = std::vector<T>;
+};
+
+namespace backend {
+
+/// Threads the CPU backend uses (OpenMP's current maximum; 1 without OpenMP).
+inline int cpu_threads() noexcept {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+template <>
+struct Ops<cpu> {
+  using Stride = Eigen::OuterStride<>;
+  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ConstMap = Eigen::Map<const RowMajor, Eigen::Unaligned, Stride>;
+  using Map = Eigen::Map<RowMajor, Eigen::Unaligned, Stride>;
+
+  /// C (m, n) = alpha * op(A) * op(B) + beta * C, row-major; op(A) is (m, k), op(B) is (k, n).
+  /// A is stored (m, k) when ta == kN and (k, m) when kT; likewise B. beta is 0 or 1 (the two
+  /// values the runtime uses); beta == 0 never reads C.
+  static void gemm(Trans ta, Trans tb, std::size_t m, std::size_t n, std::size_t k, float alpha,
+                   const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
+                   float* c, std::size_t ldc) {
+    require<ArgumentError>(beta == 0.0f || beta == 1.0f, "cpu gemm: beta must be 0 or 1, got {}",
+                           beta);
+    if (m == 0 || n == 0) return;
+    const auto I = [](std::size_t v) { return static_cast<Eigen::Index>(v); };
+    Map C(c, I(m), I(n), Stride(I(ldc)));
+    if (k == 0) {
+      if (beta == 0.0f) C.setZero();
+      return;
+    }
+    const bool at = ta == Trans::kT;
+    const bool bt = tb == Trans::kT;
+    ConstMap A(a, at ? I(k) : I(m), at ? I(m) : I(k), Stride(I(lda)));
+    ConstMap B(b, bt ? I(n) : I(k), bt ? I(k) : I(n), Stride(I(ldb)));
+    // Four explicit branches so that Eigen sees plain or transposed maps (no temporaries).
+    auto run = [&](const auto& opa, const auto& opb) {
+      if (beta == 0.0f) {
+        if (alpha == 1.0f) C.noalias() = opa * opb;
+        else C.noalias() = alpha * (opa * opb);
+      } else {
+        if (alpha == 1.0f) C.noalias() += opa * opb;
+        else C.noalias() += alpha * (opa * opb);
+      }
+    };
+    if (!at && !bt) run(A, B);
+    else if (!at && bt) run(A, B.transpose());
+    else if (at && !bt) run(A.transpose(), B);
+    else run(A.transpose(), B.transpose());
+  }
+
+  static void synchronize() noexcept {}
+
+  /// thrust execution policy for elementwise kernels on host memory: the OpenMP system when the
+  /// build has OpenMP, else the serial C++ system (independent of THRUST_DEVICE_SYSTEM, so a CUDA
+  /// build still runs these host kernels on the host).
+  static auto policy() noexcept {
+#if defined(_OPENMP)
+    return thrust::omp::par;
+#else
+    return thrust::cpp::par;
+#endif
+  }
+};
+
+}  // namespace backend
+
+static_assert(backend::Backend<cpu>, "fragile::cpu must satisfy backend::Backend");
+
+}  // namespace fragile

@@ -1,0 +1,146 @@
+// Grouped-query causal self-attention (Ainslie et al. 2023, "GQA") with an optional sliding
+// window (Mistral: query i sees keys j with i - window < j <= i), softmax(q k^T / sqrt(D)) v in
+// f32 as transformers' eager attention computes it.
+// The forward saves only the log-sum-exp of every score row; the backward recomputes the
+// probabilities from it (as FlashAttention does), so no (T, T) matrix per head is kept.
+// Shapes (row b*T + t holds token t of window b):
+//   q, dq, out, dout: (B*T, Hq*D)   k, v, dk, dv: (B*T, Hkv*D)   lse: (B, Hq, T)
+#pragma once
+
+#include "fragile/backend/cpu.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <vector>
+
+namespace fragile::model::layers {
+
+struct AttentionShape {
+  std::size_t batch = 0;
+  std::size_t seq_len = 0;
+  std::size_t heads = 0;
+  std::size_t kv_heads = 0;
+  std::size_t head_dim = 0;
+  std::optional<std::size_t> sliding_window;
+
+  /// First key position query t may see.
+  [[nodiscard]] std::size_t first_key(std::size_t t) const noexcept {
+    if (!sliding_window || *sliding_window == 0 || t + 1 <= *sliding_window) return 0;
+    return t + 1 - *sliding_window;
+  }
+};
+
+namespace detail {
+using StridedConst = Eigen::Map<const backend::Ops<cpu>::RowMajor, Eigen::Unaligned,
+                                Eigen::OuterStride<>>;
+using Strided = Eigen::Map<backend::Ops<cpu>::RowMajor, Eigen::Unaligned, Eigen::OuterStride<>>;
+using Dense = Eigen::Map<backend::Ops<cpu>::RowMajor>;
+
+/// S (T, T) = scale * Q K^T, then the row-wise probabilities P = exp(S - lse) on the visible
+/// keys and 0 elsewhere. When `lse_in` is null, computes lse into `lse_out` first.
+inline void attention_probs(Dense& s, const StridedConst& q, const StridedConst& k, float scale,
+                            const AttentionShape& sh, const float* lse_in, float* lse_out) {
+  const std::size_t T = sh.seq_len;
+  s.noalias() = q * k.transpose();
+  for (std::size_t t = 0; t < T; ++t) {
+    float* row = s.data() + t * T;
+    const std::size_t lo = sh.first_key(t);
+    float lse;
+    if (lse_in) {
+      lse = lse_in[t];
+    } else {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (std::size_t j = lo; j <= t; ++j) mx = std::max(mx, row[j] * scale);
+      double sum = 0.0;
+      for (std::size_t j = lo; j <= t; ++j) sum += std::exp(static_cast<double>(row[j] * scale - mx));
+      lse = mx + static_cast<float>(std::log(sum));
+      lse_out[t] = lse;
+    }
+    for (std::size_t j = 0; j < lo; ++j) row[j] = 0.0f;
+    for (std::size_t j = lo; j <= t; ++j) row[j] = std::exp(row[j] * scale - lse);
+    for (std::size_t j = t + 1; j < T; ++j) row[j] = 0.0f;
+  }
+}
+}  // namespace detail
+
+/// out = softmax(q k^T / sqrt(D) + causal mask) v; lse (B, Hq, T) saved when non-null.
+inline void attention_forward(cpu, float* out, float* lse, const float* q, const float* k,
+                              const float* v, const AttentionShape& sh) {
+  const std::size_t T = sh.seq_len, D = sh.head_dim, H = sh.heads, G = sh.kv_heads;
+  const std::size_t qd = H * D, kd = G * D, group = H / G;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
+  const std::size_t tasks = sh.batch * H;
+#pragma omp parallel
+  {
+    std::vector<float> scratch(T * T);
+    std::vector<float> lse_local(T);
+#pragma omp for schedule(dynamic)
+    for (std::size_t task = 0; task < tasks; ++task) {
+      const std::size_t b = task / H, h = task % H, g = h / group;
+      detail::StridedConst qm(q + b * T * qd + h * D, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+      detail::StridedConst km(k + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      detail::StridedConst vm(v + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      detail::Strided om(out + b * T * qd + h * D, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+      detail::Dense s(scratch.data(), I(T), I(T));
+      float* lse_row = lse ? lse + (b * H + h) * T : lse_local.data();
+      detail::attention_probs(s, qm, km, scale, sh, nullptr, lse_row);
+      om.noalias() = s * vm;
+    }
+  }
+}
+
+/// dq (overwritten), dk, dv (overwritten) from dout, given the forward's q, k, v, out and lse.
+inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float* dout,
+                               const float* out, const float* lse, const float* q, const float* k,
+                               const float* v, const AttentionShape& sh) {
+  const std::size_t T = sh.seq_len, D = sh.head_dim, H = sh.heads, G = sh.kv_heads;
+  const std::size_t qd = H * D, kd = G * D, group = H / G;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
+  const std::size_t tasks = sh.batch * G;  // one task per kv head: its dk, dv have one writer
+#pragma omp parallel
+  {
+    std::vector<float> p_buf(T * T), dp_buf(T * T), delta(T);
+#pragma omp for schedule(dynamic)
+    for (std::size_t task = 0; task < tasks; ++task) {
+      const std::size_t b = task / G, g = task % G;
+      detail::StridedConst km(k + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      detail::StridedConst vm(v + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      detail::Strided dkm(dk + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      detail::Strided dvm(dv + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
+      dkm.setZero();
+      dvm.setZero();
+      for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
+        const std::size_t off = b * T * qd + h * D;
+        detail::StridedConst qm(q + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+        detail::StridedConst om(out + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+        detail::StridedConst dom(dout + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+        detail::Strided dqm(dq + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+        detail::Dense p(p_buf.data(), I(T), I(T));
+        detail::Dense dp(dp_buf.data(), I(T), I(T));
+        detail::attention_probs(p, qm, km, scale, sh, lse + (b * H + h) * T, nullptr);
+        dvm.noalias() += p.transpose() * dom;
+        dp.noalias() = dom * vm.transpose();
+        for (std::size_t t = 0; t < T; ++t) {
+          float dsum = 0.0f;
+          for (std::size_t j = 0; j < D; ++j) dsum += dom(I(t), I(j)) * om(I(t), I(j));
+          delta[t] = dsum;
+        }
+        // dS = P * (dP - delta) * scale (zero wherever P is zero).
+        for (std::size_t t = 0; t < T; ++t) {
+          float* pr = p_buf.data() + t * T;
+          const float* dpr = dp_buf.data() + t * T;
+          for (std::size_t j = 0; j < T; ++j) pr[j] = pr[j] * (dpr[j] - delta[t]) * scale;
+        }
+        dqm.noalias() = p * km;
+        dkm.noalias() += p.transpose() * qm;
+      }
+    }
+  }
+}
+
+}  // namespace fragile::model::layers
