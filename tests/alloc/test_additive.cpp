@@ -8,6 +8,8 @@
 #include <fragile/alloc/mckp.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 
 using namespace fragile;
 using namespace fragile::test::alloc;
@@ -212,5 +214,38 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
       CHECK(a.total_cost_bits <= budget.capacity(r));
       CHECK(a.option == split.allocate(r, budget, metric).option);
     }
+  }
+}
+
+TEST_CASE("Llama-2-7B-sized table: MCKP <= greedy, greedy's LP bound <= MCKP", "[alloc][mckp]") {
+  // 224 layers (32 blocks x 7 linears), 5 bit widths, exact group-128 costs, convex-ish scores.
+  Rng rng(31);
+  SensitivityTable t("D_l");
+  const std::array<std::pair<std::uint64_t, std::uint64_t>, 7> shapes{
+      {{4096, 4096}, {4096, 4096}, {4096, 4096}, {4096, 4096}, {11008, 4096}, {11008, 4096}, {4096, 11008}}};
+  for (std::size_t b = 0; b < 32; ++b)
+    for (const auto& [out, in] : shapes) {
+      const std::uint64_t n = out * in;
+      const auto l = t.add_layer({fmt::format("model.layers.{}.x", b), b, "x", n});
+      const double a = std::exp(rng.normal());
+      for (std::uint64_t bits = 2; bits <= 6; ++bits)
+        t.add_option(l, {fmt::format("{}bit", bits), double(bits), n * bits + out * ((in + 127) / 128) * (16 + bits),
+                         a * std::pow(4.0, -double(bits)) * std::exp(rng.normal(0.0, 0.3))});
+    }
+  for (double avg : {2.5, 3.0, 3.25, 4.1, 5.9}) {
+    const auto budget = alloc::Budget::average(avg);
+    const auto m = alloc::MCKP{}.allocate(t, budget);
+    const auto g = alloc::GreedyMarginal{}.allocate(t, budget);
+    CHECK(m.achieved_bits_per_weight <= avg);
+    CHECK(g.achieved_bits_per_weight <= avg);
+    CHECK(m.objective <= g.objective);
+    REQUIRE(g.lower_bound.has_value());
+    CHECK(*g.lower_bound <= m.objective * (1 + 1e-12));
+    // MCKP's choice is locally optimal: no single-layer change that fits improves it.
+    for (std::size_t l = 0; l < t.num_layers(); ++l)
+      for (std::size_t o = 0; o < t.num_options(l); ++o) {
+        const std::uint64_t c = m.total_cost_bits - t.cost(l, m.option[l]) + t.cost(l, o);
+        if (c <= m.capacity_bits) CHECK(t.score(l, o) >= t.score(l, m.option[l]));
+      }
   }
 }

@@ -240,19 +240,20 @@ class SensitivityTable {
       std::uint64_t layer_max = 0;
       for (const auto& opt : options_[l]) {
         if (require_scores || opt.score.has_value()) {
-        require<ConfigError>(opt.score.has_value(),
-                             "SensitivityTable: layer '{}' option '{}' is missing its score",
-                             info.name, opt.label);
-        require<ConfigError>(std::isfinite(*opt.score),
-                             "SensitivityTable: layer '{}' option '{}' has score {}, expected a "
-                             "finite number", info.name, opt.label, *opt.score);
+          require<ConfigError>(opt.score.has_value(),
+                               "SensitivityTable: layer '{}' option '{}' is missing its score",
+                               info.name, opt.label);
+          require<ConfigError>(std::isfinite(*opt.score),
+                               "SensitivityTable: layer '{}' option '{}' has score {}, expected a "
+                               "finite number", info.name, opt.label, *opt.score);
         }
         require<ConfigError>(std::isfinite(opt.value),
                              "SensitivityTable: layer '{}' option '{}' has value {}, expected finite",
                              info.name, opt.label, opt.value);
         layer_max = std::max(layer_max, opt.cost_bits);
       }
-      require<ConfigError>(max_total <= (std::numeric_limits<std::uint64_t>::max() >> 1) - layer_max,
+      constexpr std::uint64_t kHalf = std::numeric_limits<std::uint64_t>::max() >> 1;
+      require<ConfigError>(layer_max <= kHalf && max_total <= kHalf - layer_max,
                            "SensitivityTable: total cost overflows 63 bits at layer '{}'", info.name);
       max_total += layer_max;
     }
