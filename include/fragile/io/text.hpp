@@ -10,6 +10,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/io/utf8.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -23,37 +24,6 @@
 #include <vector>
 
 namespace fragile::io {
-
-/// Offset of the first byte that does not start or continue a well-formed UTF-8 sequence
-/// (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF), or nullopt.
-inline std::optional<std::size_t> find_invalid_utf8(std::string_view text) noexcept {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t n = text.size();
-  std::size_t i = 0;
-  while (i < n) {
-    const unsigned char b = s[i];
-    if (b < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (b >= 0xC2 && b <= 0xDF) len = 2;
-    else if (b == 0xE0) len = 3, lo = 0xA0;
-    else if (b >= 0xE1 && b <= 0xEC) len = 3;
-    else if (b == 0xED) len = 3, hi = 0x9F;
-    else if (b >= 0xEE && b <= 0xEF) len = 3;
-    else if (b == 0xF0) len = 4, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) len = 4;
-    else if (b == 0xF4) len = 4, hi = 0x8F;
-    else return i;
-    if (i + 1 >= n || s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (std::size_t k = 2; k < len; ++k)
-      if (i + k >= n || s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
-    i += len;
-  }
-  return std::nullopt;
-}
 
 /// Throws IoError naming `source`, the byte offset and the byte value if `text` is not UTF-8.
 inline void validate_utf8(std::string_view text, std::string_view source) {

@@ -1,4 +1,5 @@
-// UTF-8 validation and encoding for the tokenizers: every encode() checks its input first, so the
+// UTF-8 validation and encoding, shared by the text readers and the tokenizers: every encode()
+// and every text file is checked first, so the
 // regex engine and the byte-level maps only ever see well-formed text (RFC 3629: no overlong
 // forms, no surrogates, nothing above U+10FFFF).
 #pragma once

@@ -11,7 +11,7 @@
 
 #include "fragile/core/error.hpp"
 #include "fragile/io/tokenizer/regex.hpp"
-#include "fragile/io/tokenizer/utf8.hpp"
+#include "fragile/io/utf8.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -190,7 +190,7 @@ class ByteLevelBpeTokenizer {
     require<ConfigError>(model_it != j.end() && model_it->is_object(), "{}: no 'model' object",
                          src);
     const auto& m = *model_it;
-    const std::string type = m.value("type", std::string("BPE"));
+    const std::string type = string_field(m, "type", "BPE", src);
     require<ConfigError>(type == "BPE", "{}: model.type is '{}', expected 'BPE'", src, type);
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
       if (auto it = m.find(key); it != m.end() && !it->is_null())
@@ -239,7 +239,7 @@ class ByteLevelBpeTokenizer {
       }
     }
     if (auto it = j.find("normalizer"); it != j.end() && !it->is_null()) {
-      const std::string nt = it->is_object() ? it->value("type", std::string()) : std::string();
+      const std::string nt = it->is_object() ? string_field(*it, "type", "", src) : std::string("?");
       require<ConfigError>(nt == "NFC", "{}: normalizer '{}' is not supported (null or NFC)", src,
                            nt);
       o.normalization = Normalization::kNfc;
@@ -248,7 +248,7 @@ class ByteLevelBpeTokenizer {
     bool byte_level = false;
     auto pre_tokenizer = [&](const nlohmann::json& p) {
       require<ConfigError>(p.is_object(), "{}: pre_tokenizer entry is not an object", src);
-      const std::string pt = p.value("type", std::string());
+      const std::string pt = string_field(p, "type", "", src);
       if (pt == "ByteLevel") {
         byte_level = true;
         o.add_prefix_space = bool_field(p, "add_prefix_space", false, src);
@@ -259,7 +259,7 @@ class ByteLevelBpeTokenizer {
       } else if (pt == "Split") {
         require<ConfigError>(!byte_level, "{}: Split after ByteLevel is not supported", src);
         require<ConfigError>(o.pattern.empty(), "{}: two pre-tokenizer regexes", src);
-        require<ConfigError>(p.value("behavior", std::string()) == "Isolated" &&
+        require<ConfigError>(string_field(p, "behavior", "", src) == "Isolated" &&
                                  !bool_field(p, "invert", false, src),
                              "{}: only Split(behavior=Isolated, invert=false) is supported", src);
         const auto pat = p.find("pattern");
@@ -267,7 +267,17 @@ class ByteLevelBpeTokenizer {
         if (auto r = pat->find("Regex"); r != pat->end() && r->is_string()) {
           o.pattern = r->get<std::string>();
         } else if (auto s = pat->find("String"); s != pat->end() && s->is_string()) {
-          o.pattern = "\\Q" + s->get<std::string>() + "\\E";
+          // Literal: quote it, closing and reopening the quote around any "\E" inside.
+          std::string lit = s->get<std::string>(), quoted = "\\Q";
+          for (std::size_t k = 0; k < lit.size(); ++k) {
+            if (lit.compare(k, 2, "\\E") == 0) {
+              quoted += "\\E\\\\E\\Q";
+              ++k;
+            } else {
+              quoted += lit[k];
+            }
+          }
+          o.pattern = quoted + "\\E";
         } else {
           raise<ConfigError>("{}: Split pattern is neither {{\"Regex\"}} nor {{\"String\"}}", src);
         }
@@ -279,7 +289,7 @@ class ByteLevelBpeTokenizer {
     const auto pre_it = j.find("pre_tokenizer");
     require<ConfigError>(pre_it != j.end() && pre_it->is_object(),
                          "{}: no pre_tokenizer; byte-level BPE needs a ByteLevel pre-tokenizer", src);
-    if (pre_it->value("type", std::string()) == "Sequence") {
+    if (string_field(*pre_it, "type", "", src) == "Sequence") {
       const auto list = pre_it->find("pretokenizers");
       require<ConfigError>(list != pre_it->end() && list->is_array(),
                            "{}: Sequence pre_tokenizer has no 'pretokenizers' array", src);
@@ -341,6 +351,11 @@ class ByteLevelBpeTokenizer {
   [[nodiscard]] Normalization normalization() const noexcept { return options_.normalization; }
   [[nodiscard]] std::size_t merge_count() const noexcept { return merges_.size(); }
   [[nodiscard]] const std::string& source() const noexcept { return source_; }
+  /// Forgets the memo of merged pieces (for cold-start measurements).
+  void clear_cache() const {
+    std::lock_guard lock(cache_->mutex);
+    cache_->map.clear();
+  }
 
  private:
   static constexpr std::int64_t kMaxId = std::int64_t{1} << 24;
@@ -371,6 +386,14 @@ class ByteLevelBpeTokenizer {
     } catch (const nlohmann::json::exception& e) {
       raise<IoError>("{}: invalid JSON: {}", path.string(), e.what());
     }
+  }
+
+  static std::string string_field(const nlohmann::json& o, const char* key, const char* fallback,
+                                  const std::string& src) {
+    auto it = o.find(key);
+    if (it == o.end() || it->is_null()) return fallback;
+    require<ConfigError>(it->is_string(), "{}: field '{}' is not a string", src, key);
+    return it->get<std::string>();
   }
 
   static bool bool_field(const nlohmann::json& o, const char* key, bool fallback,

@@ -11,7 +11,7 @@
 
 #include "fragile/core/error.hpp"
 #include "fragile/core/mapped_file.hpp"
-#include "fragile/io/tokenizer/utf8.hpp"
+#include "fragile/io/utf8.hpp"
 
 #include <cstdint>
 #include <cstring>
