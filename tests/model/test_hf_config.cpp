@@ -156,6 +156,12 @@ TEST_CASE("hf_config: 4.x and 5.x layouts of the same model agree", "[hf_config]
     none.erase("rope_parameters");
     CHECK(parse_hf_config(none, "none").rope_theta == 10000.0);  // the class default
   }
+  SECTION("an empty rope_scaling defers to rope_parameters (transformers: rope_scaling or ...)") {
+    v5["rope_scaling"] = json::object();
+    CHECK(parse_hf_config(v5, "v5").rope_scaling.type == RopeScaling::Type::kLlama3);
+    v5["rope_scaling"] = {{"rope_type", "default"}};
+    CHECK(parse_hf_config(v5, "v5").rope_scaling.type == RopeScaling::Type::kNone);
+  }
   SECTION("a rope_theta inside the block wins over the top-level one, as in transformers") {
     v5["rope_theta"] = 1.0;
     CHECK(parse_hf_config(v5, "v5").rope_theta == 500000.0);

@@ -161,7 +161,9 @@ inline DType parse_hf_dtype(const std::string& s, std::string_view source, std::
 inline void parse_rope(const JsonFields& top, const nlohmann::json& j, model::ModelConfig& c) {
   const std::string_view source = top.source();
   // 4.x `rope_scaling` wins over 5.x `rope_parameters` (transformers: rope_scaling or ...).
-  const char* block_key = top.has("rope_scaling") ? "rope_scaling" : "rope_parameters";
+  // Python's `or`: an empty rope_scaling block counts as absent.
+  const bool scaling = top.has("rope_scaling") && !j.at("rope_scaling").empty();
+  const char* block_key = scaling ? "rope_scaling" : "rope_parameters";
   double theta = top.number_or("rope_theta", 10000.0);
   c.rope_scaling = model::RopeScaling{};
   if (!top.has(block_key)) {
