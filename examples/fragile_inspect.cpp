@@ -3,7 +3,8 @@
 // data-free NSDS sensitivity), then tokenize an evaluation text and cut it into windows under
 // the GPTQ and llama.cpp protocols.
 //
-//   fragile_inspect                                 # stories260K + TinyStories (shared data)
+//   fragile_inspect                                 # stories260K + TinyStories (shared data),
+//                                                   # else the embedded tiny Llama checkpoint
 //   fragile_inspect --model path/to/hf_dir --text wiki.test.raw --seqlen 2048
 #include <fragile/fragile.hpp>
 
@@ -156,13 +157,15 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (opt.model.empty()) {
-      if (!fs::exists(stories)) {
-        fmt::print(stderr, "no --model given and the default '{}' is absent (set "
-                           "FRAGILE_DATA_DIR or pass --model)\n", stories.string());
-        return 2;
+      if (fs::exists(stories)) {
+        opt.model = stories;
+        if (opt.text.empty()) opt.text = data_dir() / "text/tinystories/valid_0001-0500.txt";
+      } else {
+        // Without the shared data, fall back to the tiny Llama checkpoint committed with the
+        // tests (written by transformers' save_pretrained).
+        opt.model = FRAGILE_EMBEDDED_MODEL;
+        fmt::print("(shared data absent: using the embedded checkpoint; pass --model to choose)\n");
       }
-      opt.model = stories;
-      if (opt.text.empty()) opt.text = data_dir() / "text/tinystories/valid_0001-0500.txt";
     }
     const auto ckpt = fragile::io::load_model(opt.model);
     print_config(ckpt.config, opt.model);
