@@ -141,6 +141,10 @@ TEST_CASE("safetensors writer rejects bad arguments", "[io][safetensors]") {
       fragile::ShapeError);
   CHECK_THROWS_AS(w.write_sharded(fragile::test::scratch_dir("st_bad_args"), 0),
                   fragile::ArgumentError);
+  w.add("bad\xff\xfeutf8", DType::kF32, {6}, v);
+  const auto dir = fragile::test::scratch_dir("st_bad_utf8");
+  CHECK_THROWS_WITH(w.write(dir / "x.safetensors"), Catch::Contains("valid UTF-8"));
+  CHECK(fs::is_empty(dir));
 }
 
 TEST_CASE("safetensors sharded round trip", "[io][safetensors]") {

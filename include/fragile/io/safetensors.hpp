@@ -533,7 +533,14 @@ class SafetensorsWriter {
       pos += t.bytes.size();
       header[t.name] = std::move(e);
     }
-    std::string text = header.dump();
+    std::string text;
+    try {
+      text = header.dump();
+    } catch (const nlohmann::json::exception& e) {
+      raise<ArgumentError>("SafetensorsWriter: cannot write '{}': tensor names and metadata must "
+                           "be valid UTF-8 ({})",
+                           path.string(), e.what());
+    }
     text.append((8 - text.size() % 8) % 8, ' ');
     std::vector<std::byte> out(8 + text.size() + pos);
     std::uint64_t n = text.size();
