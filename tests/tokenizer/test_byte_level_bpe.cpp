@@ -155,6 +155,14 @@ TEST_CASE("tokenizer.json: merges in both forms, Split + ByteLevel, ignore_merge
   CHECK(any.decode(any.encode("abc cd<|end|>")) == "abc cd<|end|>");
   CHECK_FALSE(any.bos_id().has_value());
 
+  SECTION("a Split on a literal String, quoted even when it holds \\E") {
+    auto lit = j;
+    lit["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"String", "b\\Ec"}};
+    const auto t2 = ByteLevelBpeTokenizer::from_tokenizer_json(lit, "literal split");
+    // Pieces "a", "b\\Ec", "d": "a"+"b" never meet, so no merge applies.
+    CHECK(t2.encode("ab\\Ecd") == Ids{'a', 'b', '\\', 'E', 'c', 'd'});
+    CHECK(t.encode("ab\\Ecd") == Ids{256, '\\', 'E', 'c', 'd'});
+  }
   SECTION("unsupported parts are ConfigErrors naming the file") {
     auto bad = j;
     bad["normalizer"] = {{"type", "NFKC"}};

@@ -366,9 +366,15 @@ class ByteLevelBpeTokenizer {
     std::int32_t rank;
     std::int32_t id;
   };
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
   struct Cache {
     std::mutex mutex;
-    std::unordered_map<std::string, std::vector<std::int32_t>> map;
+    std::unordered_map<std::string, std::vector<std::int32_t>, StringHash, std::equal_to<>> map;
   };
 
   static std::uint64_t pair_key(std::int32_t a, std::int32_t b) noexcept {
@@ -520,7 +526,7 @@ class ByteLevelBpeTokenizer {
     const bool cacheable = piece.size() <= kMaxCachedPiece;
     if (cacheable) {
       std::lock_guard lock(cache_->mutex);
-      if (auto it = cache_->map.find(std::string(piece)); it != cache_->map.end()) {
+      if (auto it = cache_->map.find(piece); it != cache_->map.end()) {
         out.insert(out.end(), it->second.begin(), it->second.end());
         return;
       }
