@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -126,11 +127,25 @@ class TensorStore {
     const auto& i = info(name);
     require<ShapeError>(dst.size() == i.numel(), "{}: tensor '{}' has {} elements, buffer has {}",
                         description_, name, i.numel(), dst.size());
-    convert_to_f32(i.dtype, bytes(name).data(), dst.data(), dst.size());
-    for (std::size_t k = 0; k < dst.size(); ++k)
-      if (!std::isfinite(dst[k]))
-        raise<NumericError>("{}: tensor '{}' holds a non-finite value ({}) at flat index {}",
-                            description_, name, dst[k], k);
+    // Convert and check in cache-sized blocks; the check is a branch-free OR over exponent
+    // bits so it vectorises, and the offending index is only searched for on failure.
+    const std::byte* src = bytes(name).data();
+    const std::size_t item = dtype_size(i.dtype);
+    constexpr std::size_t kBlock = 8192;
+    for (std::size_t start = 0; start < dst.size(); start += kBlock) {
+      const std::size_t n = std::min(kBlock, dst.size() - start);
+      float* d = dst.data() + start;
+      convert_to_f32(i.dtype, src + start * item, d, n);
+      std::uint32_t bad = 0;
+      for (std::size_t k = 0; k < n; ++k)
+        bad |= static_cast<std::uint32_t>((std::bit_cast<std::uint32_t>(d[k]) & 0x7f800000u) ==
+                                          0x7f800000u);
+      if (bad)
+        for (std::size_t k = 0; k < n; ++k)
+          if (!std::isfinite(d[k]))
+            raise<NumericError>("{}: tensor '{}' holds a non-finite value ({}) at flat index {}",
+                                description_, name, d[k], start + k);
+    }
   }
 
   /// The tensor as an f32 array of its stored rank.
