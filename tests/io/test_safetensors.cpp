@@ -228,6 +228,15 @@ TEST_CASE("safetensors upcast of bf16 and f16 is exact on known values", "[io][s
   // Non-finite weights are reported, naming the tensor.
   CHECK_THROWS_WITH(s.load_f32("inf"), Catch::Contains("'inf'") && Catch::Contains("non-finite"));
   CHECK_THROWS_AS(s.load_f32<2>("b"), fragile::ShapeError);
+
+  // The offending index is reported exactly, also beyond the first conversion block.
+  std::vector<float> big(20000, 0.5f);
+  big[15001] = std::numeric_limits<float>::quiet_NaN();
+  SafetensorsWriter w2;
+  w2.add("big", DType::kBF16, {100, 200}, big);
+  w2.write(dir / "nan.safetensors");
+  CHECK_THROWS_WITH(open_safetensors(dir / "nan.safetensors").load_f32("big"),
+                    Catch::Contains("'big' holds a non-finite value (nan) at flat index 15001"));
   CHECK_THROWS_WITH(s.info("nope"), Catch::Contains("no tensor named 'nope'"));
 }
 
