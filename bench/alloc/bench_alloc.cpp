@@ -35,7 +35,9 @@ constexpr std::array<Linear, 7> kLlama7B{{{"q_proj", 4096, 4096},
                                           {"down_proj", 4096, 11008}}};
 constexpr std::uint64_t kGroup = 128;
 
-std::uint64_t groups(std::uint64_t out, std::uint64_t cols) { return out * ((cols + kGroup - 1) / kGroup); }
+std::uint64_t groups(std::uint64_t out, std::uint64_t cols) {
+  return out * ((cols + kGroup - 1) / kGroup);
+}
 
 std::string layer_name(std::size_t b, const char* kind) {
   const bool attn = kind[0] == 'q' || kind[0] == 'k' || kind[0] == 'v' || kind[0] == 'o';
@@ -52,7 +54,8 @@ SensitivityTable bits_table(std::size_t blocks) {
       const double a = std::exp(rng.normal(0.0, 1.0));
       for (std::uint64_t bits = 2; bits <= 6; ++bits) {
         const std::uint64_t cost = n * bits + groups(lin.out, lin.in) * (16 + bits);
-        const double score = a * std::pow(4.0, -static_cast<double>(bits)) * std::exp(rng.normal(0.0, 0.3));
+        const double score =
+            a * std::pow(4.0, -static_cast<double>(bits)) * std::exp(rng.normal(0.0, 0.3));
         t.add_option(l, {fmt::format("{}bit", bits), static_cast<double>(bits), cost, score});
       }
     }
@@ -69,8 +72,8 @@ SensitivityTable ratio_table(std::size_t blocks) {
       for (double r : kRatios) {
         const auto h = static_cast<std::uint64_t>(std::llround(r * static_cast<double>(lin.in)));
         const std::uint64_t cost = lin.out * h * 3 + lin.out * (lin.in - h) * 2 +
-                                   groups(lin.out, h) * (16 + 3) + groups(lin.out, lin.in - h) * (16 + 2) +
-                                   h * 16;
+                                   groups(lin.out, h) * (16 + 3) +
+                                   groups(lin.out, lin.in - h) * (16 + 2) + h * 16;
         t.add_option(l, {fmt::format("r={}", r), r, cost, std::nullopt});
       }
     }
@@ -98,22 +101,26 @@ BlockMatrix random_m(const SensitivityTable& t) {
     for (std::size_t i = 0; i < layers.size(); ++i)  // same-layer pairs never co-occur
       for (std::size_t a = 0; a < kRatios.size(); ++a)
         for (std::size_t b = 0; b < kRatios.size(); ++b)
-          if (a != b) m.block(k)(static_cast<Eigen::Index>(m.row(layers[i], a)),
-                                 static_cast<Eigen::Index>(m.row(layers[i], b))) = 0.0;
+          if (a != b)
+            m.block(k)(static_cast<Eigen::Index>(m.row(layers[i], a)),
+                       static_cast<Eigen::Index>(m.row(layers[i], b))) = 0.0;
   }
   return m;
 }
 
 fragile::alloc::Budget mid_budget(const SensitivityTable& t, double at) {
   const auto r = fragile::alloc::cost_range(t);
-  return fragile::alloc::Budget::average(r.min_average() + at * (r.max_average() - r.min_average()));
+  return fragile::alloc::Budget::average(r.min_average() +
+                                         at * (r.max_average() - r.min_average()));
 }
 
 void BM_MCKP_Llama7B(benchmark::State& state) {
   const auto t = bits_table(32);
   const auto budget = mid_budget(t, static_cast<double>(state.range(0)) / 100.0);
   fragile::alloc::BitAssignment a;
-  for (auto _ : state) benchmark::DoNotOptimize(a = fragile::alloc::MCKP{.report_greedy_gap = false}.allocate(t, budget));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        a = fragile::alloc::MCKP{.report_greedy_gap = false}.allocate(t, budget));
   const auto g = fragile::alloc::GreedyMarginal{}.allocate(t, budget);
   state.counters["avg_bits"] = a.achieved_bits_per_weight;
   state.counters["greedy_gap_rel"] = (g.objective - a.objective) / a.objective;
@@ -123,7 +130,8 @@ BENCHMARK(BM_MCKP_Llama7B)->Arg(10)->Arg(50)->Arg(90)->Unit(benchmark::kMillisec
 void BM_Greedy_Llama7B(benchmark::State& state) {
   const auto t = bits_table(32);
   const auto budget = mid_budget(t, 0.5);
-  for (auto _ : state) benchmark::DoNotOptimize(fragile::alloc::GreedyMarginal{}.allocate(t, budget));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(fragile::alloc::GreedyMarginal{}.allocate(t, budget));
 }
 BENCHMARK(BM_Greedy_Llama7B)->Unit(benchmark::kMillisecond);
 
@@ -147,14 +155,20 @@ void BM_BlockQP_Llama7B(benchmark::State& state) {
   state.counters["avg_bits"] = a.achieved_bits_per_weight;
   state.SetLabel(a.notes.back());
 }
-BENCHMARK(BM_BlockQP_Llama7B)->Arg(10)->Arg(50)->Arg(90)->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_BlockQP_Llama7B)
+    ->Arg(10)
+    ->Arg(50)
+    ->Arg(90)
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(1);
 
 void BM_BlockQP_Heuristic_Llama7B(benchmark::State& state) {
   const auto t = ratio_table(32);
   const auto m = random_m(t);
   const auto budget = mid_budget(t, 0.5);
   fragile::alloc::BitAssignment a;
-  for (auto _ : state) benchmark::DoNotOptimize(a = fragile::alloc::BlockQP{.max_states = 0}.solve(t, m, budget));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(a = fragile::alloc::BlockQP{.max_states = 0}.solve(t, m, budget));
   const auto exact = fragile::alloc::BlockQP{}.solve(t, m, budget);
   state.counters["gap_to_exact_rel"] = (a.objective - exact.objective) / exact.objective;
   state.counters["certified_gap_rel"] = (a.objective - *a.lower_bound) / a.objective;

@@ -36,14 +36,16 @@ inline SensitivityTable random_table(Rng& rng, const InstanceShape& s) {
   for (std::size_t b = 0; b < s.blocks; ++b)
     for (std::size_t i = 0; i < s.layers_per_block; ++i) {
       const std::uint64_t params = 64 * (1 + rng.below(16));
-      const std::size_t l = t.add_layer({fmt::format("model.layers.{}.l{}", b, i), b, fmt::format("l{}", i), params});
+      const std::size_t l =
+          t.add_layer({fmt::format("model.layers.{}.l{}", b, i), b, fmt::format("l{}", i), params});
       const std::size_t n = s.min_options + rng.below(s.max_options - s.min_options + 1);
       for (std::size_t o = 0; o < n; ++o) {
         const std::uint64_t bits = s.equal_costs ? 2 + rng.below(2) : 2 + rng.below(7);
         const std::uint64_t cost = params * bits + (params / 64) * 32;
         const double score = s.integer_scores ? static_cast<double>(rng.below(5))
                                               : rng.uniform(0.0, 10.0) / static_cast<double>(bits);
-        t.add_option(l, Option{fmt::format("o{}b{}", o, bits), static_cast<double>(bits), cost, score});
+        t.add_option(
+            l, Option{fmt::format("o{}b{}", o, bits), static_cast<double>(bits), cost, score});
       }
     }
   return t;
@@ -71,7 +73,8 @@ inline std::uint64_t total_cost(const SensitivityTable& t, const std::vector<std
 }
 
 /// Brute-force minimum of sum_l score (summed in layer order) under `capacity`.
-inline std::optional<double> brute_force_additive(const SensitivityTable& t, std::uint64_t capacity) {
+inline std::optional<double> brute_force_additive(const SensitivityTable& t,
+                                                  std::uint64_t capacity) {
   std::optional<double> best;
   for_each_assignment(t, [&](const std::vector<std::size_t>& c) {
     if (total_cost(t, c) > capacity) return;
@@ -85,15 +88,16 @@ inline std::optional<double> brute_force_additive(const SensitivityTable& t, std
 /// Dense delta^T M delta over all options of all layers (independent of BlockMatrix::objective).
 inline Eigen::MatrixXd dense(const SensitivityTable& t, const BlockMatrix& m) {
   std::vector<std::size_t> offset{0};
-  for (std::size_t l = 0; l < t.num_layers(); ++l) offset.push_back(offset.back() + t.num_options(l));
+  for (std::size_t l = 0; l < t.num_layers(); ++l)
+    offset.push_back(offset.back() + t.num_options(l));
   const auto n = static_cast<Eigen::Index>(offset.back());
   Eigen::MatrixXd d = Eigen::MatrixXd::Zero(n, n);
   for (std::size_t l1 = 0; l1 < t.num_layers(); ++l1)
     for (std::size_t l2 = 0; l2 < t.num_layers(); ++l2)
       for (std::size_t o1 = 0; o1 < t.num_options(l1); ++o1)
         for (std::size_t o2 = 0; o2 < t.num_options(l2); ++o2)
-          d(static_cast<Eigen::Index>(offset[l1] + o1), static_cast<Eigen::Index>(offset[l2] + o2)) =
-              m.at(l1, o1, l2, o2);
+          d(static_cast<Eigen::Index>(offset[l1] + o1),
+            static_cast<Eigen::Index>(offset[l2] + o2)) = m.at(l1, o1, l2, o2);
   return d;
 }
 

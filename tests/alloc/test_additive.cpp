@@ -43,8 +43,8 @@ void check_instance(const SensitivityTable& t, const alloc::Budget& budget) {
   CHECK(g.objective >= *opt);
   REQUIRE(g.lower_bound.has_value());
   const double tol = 1e-12 * (1.0 + std::abs(*opt));
-  CHECK(*g.lower_bound <= *opt + tol);                        // LP bound is a true lower bound
-  CHECK(g.objective - *opt <= max_single_gain(t) + tol);      // documented worst case
+  CHECK(*g.lower_bound <= *opt + tol);                    // LP bound is a true lower bound
+  CHECK(g.objective - *opt <= max_single_gain(t) + tol);  // documented worst case
   if (g.optimal) CHECK(g.objective == Approx(*opt).margin(tol));
 }
 }  // namespace
@@ -86,11 +86,12 @@ TEST_CASE("MCKP and greedy on adversarial instances", "[alloc][mckp]") {
     for (int l = 0; l < 4; ++l) {
       const auto i = t.add_layer({fmt::format("l{}", l), 0, "k", 100});
       t.add_option(i, {"2", 2, 200, 3.0});
-      t.add_option(i, {"3", 3, 300, 3.0});   // zero gain
-      t.add_option(i, {"4", 4, 400, 4.0});   // worse and costlier
+      t.add_option(i, {"3", 3, 300, 3.0});  // zero gain
+      t.add_option(i, {"4", 4, 400, 4.0});  // worse and costlier
       t.add_option(i, {"8", 8, 800, 1.0 + 0.25 * l});
     }
-    for (std::uint64_t cap = 800; cap <= 3200; cap += 100) check_instance(t, alloc::Budget::total_bits(cap));
+    for (std::uint64_t cap = 800; cap <= 3200; cap += 100)
+      check_instance(t, alloc::Budget::total_bits(cap));
     const auto g = alloc::GreedyMarginal{}.allocate(t, alloc::Budget::total_bits(800));
     CHECK(std::all_of(g.option.begin(), g.option.end(), [](std::size_t o) { return o == 0; }));
   }
@@ -131,14 +132,17 @@ TEST_CASE("Allocators are deterministic and reject bad input", "[alloc][mckp]") 
   const auto m1 = alloc::MCKP{}.allocate(t, budget), m2 = alloc::MCKP{}.allocate(t, budget);
   CHECK(m1.option == m2.option);
   CHECK(m1.notes == m2.notes);
-  const auto g1 = alloc::GreedyMarginal{}.allocate(t, budget), g2 = alloc::GreedyMarginal{}.allocate(t, budget);
+  const auto g1 = alloc::GreedyMarginal{}.allocate(t, budget),
+             g2 = alloc::GreedyMarginal{}.allocate(t, budget);
   CHECK(g1.option == g2.option);
   CHECK(m1.objective <= g1.objective);
   CHECK_THAT(m1.notes.back(), Contains("GreedyMarginal objective"));
 
   const auto r = alloc::cost_range(t);
-  CHECK_THROWS_AS(alloc::MCKP{}.allocate(t, alloc::Budget::total_bits(r.min_bits - 1)), BudgetError);
-  CHECK_THROWS_AS(alloc::GreedyMarginal{}.allocate(t, alloc::Budget::total_bits(r.max_bits + 1)), BudgetError);
+  CHECK_THROWS_AS(alloc::MCKP{}.allocate(t, alloc::Budget::total_bits(r.min_bits - 1)),
+                  BudgetError);
+  CHECK_THROWS_AS(alloc::GreedyMarginal{}.allocate(t, alloc::Budget::total_bits(r.max_bits + 1)),
+                  BudgetError);
   auto bad = t;
   bad.set_score(3, 0, std::nan(""));
   CHECK_THROWS_AS(alloc::MCKP{}.allocate(bad, budget), ConfigError);
@@ -146,12 +150,15 @@ TEST_CASE("Allocators are deterministic and reject bad input", "[alloc][mckp]") 
   CHECK_THROWS_AS(alloc::MCKP{.max_states = 1}.allocate(t, budget), ArgumentError);
 }
 
-TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustment", "[alloc][binary]") {
+TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustment",
+          "[alloc][binary]") {
   // 5 layers, 100 weights each, options 2/3/4 bits (cost = 100 x bits).
   SensitivityTable t("D_l");
   for (int l = 0; l < 5; ++l) {
-    const auto i = t.add_layer({fmt::format("model.layers.{}.mlp.down_proj", l), std::size_t(l), "down_proj", 100});
-    for (int b = 2; b <= 4; ++b) t.add_option(i, {fmt::format("{}bit", b), double(b), 100u * b, 1.0 / b});
+    const auto i = t.add_layer(
+        {fmt::format("model.layers.{}.mlp.down_proj", l), std::size_t(l), "down_proj", 100});
+    for (int b = 2; b <= 4; ++b)
+      t.add_option(i, {fmt::format("{}bit", b), double(b), 100u * b, 1.0 / b});
   }
   t.set_layer_metric("fisher_trace", {5.0, 1.0, 4.0, 2.0, 3.0});  // rank high: 0, 2, 4, 3, 1
 
@@ -178,7 +185,8 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
     CHECK_THAT(a.notes[2], Contains("layers.3."));
   }
   SECTION("demote protected first") {
-    alloc::BinarySplit split{.fraction = 0.4, .adjust = alloc::BinarySplit::Adjust::kDemoteProtected};
+    alloc::BinarySplit split{.fraction = 0.4,
+                             .adjust = alloc::BinarySplit::Adjust::kDemoteProtected};
     const auto a = split.allocate(t, alloc::Budget::average(3.0));
     CHECK(a.value == std::vector<double>{3, 3, 3, 3, 3});  // layer 2 (lower-ranked) first, then 0
     CHECK_THAT(a.notes[1], Contains("layers.2."));
@@ -194,7 +202,8 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
                       Contains("no layer metric 'nope'"));
     CHECK_THROWS_WITH(alloc::BinarySplit{.hi = 8}.allocate(t, alloc::Budget::average(3.0)),
                       Contains("has no option with value 8"));
-    CHECK_THROWS_AS(alloc::BinarySplit{.fraction = 1.5}.allocate(t, alloc::Budget::average(3.0)), ConfigError);
+    CHECK_THROWS_AS(alloc::BinarySplit{.fraction = 1.5}.allocate(t, alloc::Budget::average(3.0)),
+                    ConfigError);
     CHECK_THROWS_AS(alloc::BinarySplit{}.allocate(t, alloc::Budget::average(1.0)), BudgetError);
   }
   SECTION("never over budget on random tables") {
@@ -205,7 +214,8 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
       for (int l = 0; l < 12; ++l) {
         const std::uint64_t p = 64 * (1 + rng.below(8));
         const auto i = r.add_layer({fmt::format("l{}", l), 0, "k", p});
-        for (int b = 2; b <= 5; ++b) r.add_option(i, {fmt::format("{}", b), double(b), p * b + 16, rng.uniform()});
+        for (int b = 2; b <= 5; ++b)
+          r.add_option(i, {fmt::format("{}", b), double(b), p * b + 16, rng.uniform()});
         metric.push_back(static_cast<double>(rng.below(4)));  // ties in the ranking
       }
       const auto budget = random_budget(rng, r);
@@ -221,15 +231,21 @@ TEST_CASE("Llama-2-7B-sized table: MCKP <= greedy, greedy's LP bound <= MCKP", "
   // 224 layers (32 blocks x 7 linears), 5 bit widths, exact group-128 costs, convex-ish scores.
   Rng rng(31);
   SensitivityTable t("D_l");
-  const std::array<std::pair<std::uint64_t, std::uint64_t>, 7> shapes{
-      {{4096, 4096}, {4096, 4096}, {4096, 4096}, {4096, 4096}, {11008, 4096}, {11008, 4096}, {4096, 11008}}};
+  const std::array<std::pair<std::uint64_t, std::uint64_t>, 7> shapes{{{4096, 4096},
+                                                                       {4096, 4096},
+                                                                       {4096, 4096},
+                                                                       {4096, 4096},
+                                                                       {11008, 4096},
+                                                                       {11008, 4096},
+                                                                       {4096, 11008}}};
   for (std::size_t b = 0; b < 32; ++b)
     for (const auto& [out, in] : shapes) {
       const std::uint64_t n = out * in;
       const auto l = t.add_layer({fmt::format("model.layers.{}.x", b), b, "x", n});
       const double a = std::exp(rng.normal());
       for (std::uint64_t bits = 2; bits <= 6; ++bits)
-        t.add_option(l, {fmt::format("{}bit", bits), double(bits), n * bits + out * ((in + 127) / 128) * (16 + bits),
+        t.add_option(l, {fmt::format("{}bit", bits), double(bits),
+                         n * bits + out * ((in + 127) / 128) * (16 + bits),
                          a * std::pow(4.0, -double(bits)) * std::exp(rng.normal(0.0, 0.3))});
     }
   for (double avg : {2.5, 3.0, 3.25, 4.1, 5.9}) {

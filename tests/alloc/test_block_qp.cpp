@@ -14,7 +14,8 @@ using namespace fragile::test::alloc;
 using Catch::Matchers::Contains;
 
 namespace {
-void check_qp(const SensitivityTable& t, const BlockMatrix& m, const alloc::Budget& budget, bool integer) {
+void check_qp(const SensitivityTable& t, const BlockMatrix& m, const alloc::Budget& budget,
+              bool integer) {
   const std::uint64_t cap = budget.capacity(t);
   const auto opt = brute_force_quadratic(t, m, cap);
   REQUIRE(opt.has_value());
@@ -31,7 +32,8 @@ void check_qp(const SensitivityTable& t, const BlockMatrix& m, const alloc::Budg
     CHECK(direct == Approx(*opt).epsilon(1e-12).margin(1e-12));
   }
   // The heuristic path: valid, within budget, and its dual bound is below the optimum.
-  for (const auto& h : {alloc::BlockQP{.max_block_combinations = 0}, alloc::BlockQP{.max_states = 0}}) {
+  for (const auto& h :
+       {alloc::BlockQP{.max_block_combinations = 0}, alloc::BlockQP{.max_states = 0}}) {
     const auto b = h.solve(t, m, budget);
     CHECK(b.total_cost_bits <= cap);
     CHECK(b.objective >= *opt - 1e-9 * (1.0 + std::abs(*opt)));
@@ -116,8 +118,9 @@ TEST_CASE("BlockQP errors, determinism, and the diagonal case", "[alloc][blockqp
     CHECK_THROWS_WITH(alloc::BlockQP{}.solve(other, m, budget), Contains("options in M"));
   }
   SECTION("infeasible budget") {
-    CHECK_THROWS_AS(alloc::BlockQP{}.solve(t, m, alloc::Budget::total_bits(alloc::cost_range(t).min_bits - 1)),
-                    BudgetError);
+    CHECK_THROWS_AS(
+        alloc::BlockQP{}.solve(t, m, alloc::Budget::total_bits(alloc::cost_range(t).min_bits - 1)),
+        BudgetError);
   }
   SECTION("allocate() reads the table's interactions; without them M = diag(score) = MCKP") {
     const auto d = alloc::BlockQP{}.allocate(t, budget);
@@ -192,15 +195,16 @@ TEST_CASE("MBuilder recovers a known M from a quadratic loss", "[alloc][mbuilder
         }
       return s;
     };
-    CHECK(alloc::MBuilder::evaluations(shaped(5)) == 1 + 175 + 5 * 21 * 25);    // 2801
-    CHECK(alloc::MBuilder::evaluations(shaped(32)) == 1 + 1120 + 32 * 21 * 25); // 17921
+    CHECK(alloc::MBuilder::evaluations(shaped(5)) == 1 + 175 + 5 * 21 * 25);     // 2801
+    CHECK(alloc::MBuilder::evaluations(shaped(32)) == 1 + 1120 + 32 * 21 * 25);  // 17921
   }
   SECTION("non-finite loss is an error naming the perturbation") {
     auto bad = [&](alloc::Perturbation pert) {
       return pert.size() == 2 ? std::numeric_limits<double>::quiet_NaN() : 1.0;
     };
     CHECK_THROWS_AS(alloc::MBuilder{}.build(t, bad), NumericError);
-    CHECK_THROWS_WITH(alloc::MBuilder{}.build(t, bad), Contains("model.layers.0.x0") && Contains("model.layers.0.x1"));
+    CHECK_THROWS_WITH(alloc::MBuilder{}.build(t, bad),
+                      Contains("model.layers.0.x0") && Contains("model.layers.0.x1"));
   }
   SECTION("BlockQP on the built M equals brute force") {
     auto with = t;

@@ -34,8 +34,8 @@ TEST_CASE("SensitivityTable validation names the layer and option", "[alloc][tab
     auto t = two_layer_table();
     t.set_score(1, 0, std::numeric_limits<double>::quiet_NaN());
     CHECK_THROWS_AS(t.validate(), ConfigError);
-    CHECK_THROWS_WITH(t.validate(), Contains("model.layers.0.mlp.down_proj") && Contains("'2bit'") &&
-                                        Contains("finite"));
+    CHECK_THROWS_WITH(t.validate(), Contains("model.layers.0.mlp.down_proj") &&
+                                        Contains("'2bit'") && Contains("finite"));
   }
   SECTION("Inf score") {
     auto t = two_layer_table();
@@ -45,14 +45,16 @@ TEST_CASE("SensitivityTable validation names the layer and option", "[alloc][tab
   SECTION("missing score") {
     auto t = two_layer_table();
     t.add_option(0, {"8bit", 8, 800, std::nullopt});
-    CHECK_THROWS_WITH(t.validate(), Contains("q_proj") && Contains("'8bit'") && Contains("missing"));
+    CHECK_THROWS_WITH(t.validate(),
+                      Contains("q_proj") && Contains("'8bit'") && Contains("missing"));
     CHECK_NOTHROW(t.validate(/*require_scores=*/false));
     CHECK_THROWS_AS(t.score(0, 2), ConfigError);
   }
   SECTION("layer without options") {
     auto t = two_layer_table();
     t.add_layer({"model.layers.1.mlp.up_proj", 1, "up_proj", 10});
-    CHECK_THROWS_WITH(t.validate(), Contains("model.layers.1.mlp.up_proj") && Contains("no options"));
+    CHECK_THROWS_WITH(t.validate(),
+                      Contains("model.layers.1.mlp.up_proj") && Contains("no options"));
   }
   SECTION("non-positive parameter count") {
     SensitivityTable t;
@@ -69,7 +71,8 @@ TEST_CASE("SensitivityTable validation names the layer and option", "[alloc][tab
   SECTION("layer metrics") {
     auto t = two_layer_table();
     CHECK_THROWS_AS(t.set_layer_metric("fisher_trace", {1.0}), ArgumentError);
-    CHECK_THROWS_WITH(t.set_layer_metric("fisher_trace", {1.0, std::nan("")}), Contains("down_proj"));
+    CHECK_THROWS_WITH(t.set_layer_metric("fisher_trace", {1.0, std::nan("")}),
+                      Contains("down_proj"));
     CHECK_THROWS_WITH(t.layer_metric("fisher_trace"), Contains("no layer metric 'fisher_trace'"));
   }
 }

@@ -32,8 +32,9 @@ consteval bool check_allocator() {
   static_assert(HasAllocate<A>,
                 "fragile::alloc::Allocator: the policy needs "
                 "`BitAssignment allocate(const SensitivityTable&, const Budget&) const`");
-  static_assert(HasAllocatorName<A>,
-                "fragile::alloc::Allocator: the policy needs `static constexpr std::string_view name`");
+  static_assert(
+      HasAllocatorName<A>,
+      "fragile::alloc::Allocator: the policy needs `static constexpr std::string_view name`");
   return HasAllocate<A> && HasAllocatorName<A>;
 }
 

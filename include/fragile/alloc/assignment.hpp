@@ -18,26 +18,27 @@
 namespace fragile::alloc {
 
 struct BitAssignment {
-  std::string allocator;                 ///< "MCKP", "GreedyMarginal", ...
-  std::vector<std::size_t> option;       ///< chosen option index per layer
-  std::vector<double> value;             ///< the chosen option's value (bits or ratio) per layer
-  std::uint64_t total_cost_bits = 0;     ///< sum of the chosen options' costs
-  std::uint64_t parameters = 0;          ///< total weights
-  std::uint64_t capacity_bits = 0;       ///< the budget in bits
-  double budget_bits_per_weight = 0.0;   ///< the requested average
-  double achieved_bits_per_weight = 0.0; ///< total_cost_bits / parameters, never above budget
-  double objective = 0.0;                ///< sum_l score(l, option_l), or delta^T M delta
+  std::string allocator;                  ///< "MCKP", "GreedyMarginal", ...
+  std::vector<std::size_t> option;        ///< chosen option index per layer
+  std::vector<double> value;              ///< the chosen option's value (bits or ratio) per layer
+  std::uint64_t total_cost_bits = 0;      ///< sum of the chosen options' costs
+  std::uint64_t parameters = 0;           ///< total weights
+  std::uint64_t capacity_bits = 0;        ///< the budget in bits
+  double budget_bits_per_weight = 0.0;    ///< the requested average
+  double achieved_bits_per_weight = 0.0;  ///< total_cost_bits / parameters, never above budget
+  double objective = 0.0;                 ///< sum_l score(l, option_l), or delta^T M delta
   /// A certified lower bound on the optimum objective, when the allocator has one (greedy's
   /// LP relaxation, BlockQP's Lagrangian dual); objective - lower_bound bounds its gap.
   std::optional<double> lower_bound;
-  bool optimal = false;                  ///< true when the objective is the proven optimum
-  std::vector<std::string> notes;        ///< adjustments and diagnostics, in order
+  bool optimal = false;            ///< true when the objective is the proven optimum
+  std::vector<std::string> notes;  ///< adjustments and diagnostics, in order
 };
 
 /// Fills the fields derived from `option` (value, costs, achieved average and, when
 /// `sum_scores`, objective = sum of the chosen scores).
 inline void finish_assignment(BitAssignment& a, const sensitivity::SensitivityTable& t,
-                              std::uint64_t capacity, double budget_average, bool sum_scores = true) {
+                              std::uint64_t capacity, double budget_average,
+                              bool sum_scores = true) {
   require<ArgumentError>(a.option.size() == t.num_layers(),
                          "BitAssignment: {} options chosen for {} layers", a.option.size(),
                          t.num_layers());
@@ -97,7 +98,8 @@ inline void from_json(const nlohmann::json& j, BitAssignment& a) {
     raise<ConfigError>("BitAssignment JSON: missing or mistyped field ({})", e.what());
   }
   require<ConfigError>(a.value.size() == a.option.size(),
-                       "BitAssignment JSON: {} values for {} options", a.value.size(), a.option.size());
+                       "BitAssignment JSON: {} values for {} options", a.value.size(),
+                       a.option.size());
 }
 
 }  // namespace fragile::alloc

@@ -96,7 +96,8 @@ struct BinarySplit {
       used += table.cost(l, a.option[l]);
     }
     a.notes.push_back(fmt::format("protected {} of {} layers ({} by '{}') at {}, rest at {}", k, L,
-                                  protect == Protect::kHighest ? "highest" : "lowest", metric, hi, lo));
+                                  protect == Protect::kHighest ? "highest" : "lowest", metric, hi,
+                                  lo));
 
     auto demote_to = [&](std::size_t l, std::size_t o) {
       a.notes.push_back(fmt::format("demoted '{}' from {} to {}", table.layer(l).name,
@@ -145,7 +146,8 @@ struct BinarySplit {
                          capacity);
     finish_assignment(a, table, capacity, budget.bits_per_weight(table));
     if (capacity > a.total_cost_bits)
-      a.notes.push_back(fmt::format("{} bits of the budget left unspent", capacity - a.total_cost_bits));
+      a.notes.push_back(
+          fmt::format("{} bits of the budget left unspent", capacity - a.total_cost_bits));
     return a;
   }
 };

@@ -2,10 +2,11 @@
 //
 // Each layer l takes one option m (a high-impact ratio from {0.02, 0.05, 0.1, 0.15, 0.2}, or a
 // bit width); delta is the concatenation of the one-hot vectors delta_l, and the objective is
-// delta^T M delta with M = D H D^T (Eq. 6), block-diagonal by transformer block (H_ij ~ 0 across
-// blocks, Sec. 3.2). The constraint is the table's exact cost: sum_l cost(l, m_l) <= budget
-// (Eq. 9 writes it as b^H / b^N times ratio times parameters; the table's cost model is that and
-// also counts scales, zero points and channel indices).
+// delta^T M delta with M = D H D^T (Eq. 6 carries a factor 1/2, Eq. 9 drops it; the argmin is
+// the same), block-diagonal by transformer block (H_ij ~ 0 across blocks, Sec. 3.2). The
+// constraint is the table's exact cost: sum_l cost(l, m_l) <= budget (Eq. 9 writes it as b^H / b^N
+// times ratio times parameters; the table's cost model is that and also counts scales, zero
+// points and channel indices).
 //
 // MBuilder (Algorithm 1, lines 7-18) fills M from a loss callable
 //     double loss(std::span<const std::pair<std::size_t, std::size_t>> perturbed)
@@ -61,7 +62,8 @@ using Perturbation = std::span<const std::pair<std::size_t, std::size_t>>;
 
 template <class F>
 concept PerturbedLoss = std::invocable<F&, Perturbation> &&
-                        std::convertible_to<std::invoke_result_t<F&, Perturbation>, double>;
+                        std::convertible_to < std::invoke_result_t<F&, Perturbation>,
+double > ;
 
 /// Builds paper 002's M from loss evaluations (see the header comment for the formulae).
 struct MBuilder {
@@ -80,7 +82,8 @@ struct MBuilder {
       const auto& layers = shape.block_layers(k);
       for (std::size_t i = 0; i < layers.size(); ++i)
         for (std::size_t j = i + 1; j < layers.size(); ++j)
-          n += static_cast<std::uint64_t>(table.num_options(layers[i])) * table.num_options(layers[j]);
+          n += static_cast<std::uint64_t>(table.num_options(layers[i])) *
+               table.num_options(layers[j]);
     }
     return n;
   }
@@ -193,13 +196,17 @@ struct BlockQP {
         a.optimal = true;
         a.notes.push_back(fmt::format(
             "exact: {} blocks enumerated (largest {} combinations), largest merged frontier {} "
-            "states, cost unit {} bits", K, largest_block, r->largest_frontier, r->cost_unit));
+            "states, cost unit {} bits",
+            K, largest_block, r->largest_frontier, r->cost_unit));
         return a;
       }
-      a.notes.push_back(fmt::format("merged frontier exceeds max_states = {}; heuristic used", max_states));
+      a.notes.push_back(
+          fmt::format("merged frontier exceeds max_states = {}; heuristic used", max_states));
     } else {
-      a.notes.push_back(fmt::format("a block has {} combinations > max_block_combinations = {}; "
-                                    "heuristic used", largest_block, max_block_combinations));
+      a.notes.push_back(
+          fmt::format("a block has {} combinations > max_block_combinations = {}; "
+                      "heuristic used",
+                      largest_block, max_block_combinations));
     }
     heuristic(table, m, capacity, frontiers, a);
     finish_assignment(a, table, capacity, budget.bits_per_weight(table), false);
@@ -211,11 +218,13 @@ struct BlockQP {
   }
 
  private:
-  static std::uint64_t combinations(const SensitivityTable& t, const BlockMatrix& m, std::size_t k) {
+  static std::uint64_t combinations(const SensitivityTable& t, const BlockMatrix& m,
+                                    std::size_t k) {
     std::uint64_t n = 1;
     for (std::size_t l : m.block_layers(k)) {
       const std::uint64_t c = t.num_options(l);
-      if (n > std::numeric_limits<std::uint64_t>::max() / c) return std::numeric_limits<std::uint64_t>::max();
+      if (n > std::numeric_limits<std::uint64_t>::max() / c)
+        return std::numeric_limits<std::uint64_t>::max();
       n *= c;
     }
     return n;
@@ -296,7 +305,8 @@ struct BlockQP {
         std::size_t best = 0;
         double bv = std::numeric_limits<double>::infinity();
         for (std::size_t i = 0; i < frontiers[k].size(); ++i) {
-          const double v = frontiers[k][i].value + lambda * static_cast<double>(frontiers[k][i].cost);
+          const double v =
+              frontiers[k][i].value + lambda * static_cast<double>(frontiers[k][i].cost);
           if (v < bv) {
             bv = v;
             best = i;
@@ -333,8 +343,9 @@ struct BlockQP {
         for (std::size_t l : layers)
           for (std::size_t o = 0; o < t.num_options(l); ++o) {
             if (o == choice[l]) continue;
-            const double d = move_delta(m, choice, l, o) +
-                             lambda * (static_cast<double>(t.cost(l, o)) - static_cast<double>(t.cost(l, choice[l])));
+            const double d =
+                move_delta(m, choice, l, o) + lambda * (static_cast<double>(t.cost(l, o)) -
+                                                        static_cast<double>(t.cost(l, choice[l])));
             if (d < 0.0) {
               choice[l] = o;
               improved = true;
@@ -392,7 +403,8 @@ struct BlockQP {
       }
       used = 0;
       for (std::size_t l = 0; l < t.num_layers(); ++l) used += t.cost(l, feasible[l]);
-      a.notes.push_back("Lagrangian search found no feasible point; local search from the cheapest");
+      a.notes.push_back(
+          "Lagrangian search found no feasible point; local search from the cheapest");
     }
     // Best-improvement local search over single-layer changes within the budget.
     std::size_t moves = 0;
@@ -419,7 +431,8 @@ struct BlockQP {
     }
     a.option = feasible;
     a.lower_bound = best_dual;
-    a.notes.push_back(fmt::format("heuristic: Lagrangian bisection then {} local-search moves", moves));
+    a.notes.push_back(
+        fmt::format("heuristic: Lagrangian bisection then {} local-search moves", moves));
   }
 };
 

@@ -24,8 +24,12 @@ struct CostRange {
   std::uint64_t min_bits = 0;
   std::uint64_t max_bits = 0;
   std::uint64_t parameters = 0;
-  [[nodiscard]] double min_average() const { return static_cast<double>(min_bits) / static_cast<double>(parameters); }
-  [[nodiscard]] double max_average() const { return static_cast<double>(max_bits) / static_cast<double>(parameters); }
+  [[nodiscard]] double min_average() const {
+    return static_cast<double>(min_bits) / static_cast<double>(parameters);
+  }
+  [[nodiscard]] double max_average() const {
+    return static_cast<double>(max_bits) / static_cast<double>(parameters);
+  }
 };
 
 inline CostRange cost_range(const SensitivityTable& table) {
@@ -72,8 +76,9 @@ class Budget {
       cap = *total_;
       require<BudgetError>(cap >= r.min_bits && cap <= r.max_bits,
                            "Budget: {} bits in total is outside the feasible range [{}, {}] bits "
-                           "([{:.6f}, {:.6f}] bits/weight over {} weights)", cap, r.min_bits,
-                           r.max_bits, r.min_average(), r.max_average(), r.parameters);
+                           "([{:.6f}, {:.6f}] bits/weight over {} weights)",
+                           cap, r.min_bits, r.max_bits, r.min_average(), r.max_average(),
+                           r.parameters);
       return cap;
     }
     const double n = static_cast<double>(r.parameters);

@@ -42,7 +42,8 @@ inline std::size_t cheapest_option(const SensitivityTable& t, std::size_t l) {
   for (std::size_t o = 1; o < t.num_options(l); ++o) {
     const auto& a = t.option(l, o);
     const auto& b = t.option(l, best);
-    if (a.cost_bits < b.cost_bits || (a.cost_bits == b.cost_bits && t.score(l, o) < t.score(l, best)))
+    if (a.cost_bits < b.cost_bits ||
+        (a.cost_bits == b.cost_bits && t.score(l, o) < t.score(l, best)))
       best = o;
   }
   return best;
@@ -108,22 +109,23 @@ struct GreedyMarginal {
       }
       if (best_any.valid && best_any.added > remaining && !blocked_once) {
         blocked_once = true;
-        const double fraction = static_cast<double>(remaining) / static_cast<double>(best_any.added);
+        const double fraction =
+            static_cast<double>(remaining) / static_cast<double>(best_any.added);
         a.lower_bound = objective - fraction * best_any.gain;
         a.notes.push_back(fmt::format(
             "critical upgrade '{}' {} -> {} (gain {}, +{} bits) does not fit the {} bits left; "
             "LP bound {}, so greedy is within {} of the optimum",
-            table.layer(best_any.layer).name, table.option(best_any.layer, a.option[best_any.layer]).label,
+            table.layer(best_any.layer).name,
+            table.option(best_any.layer, a.option[best_any.layer]).label,
             table.option(best_any.layer, best_any.option).label, best_any.gain, best_any.added,
             remaining, *a.lower_bound, fraction * best_any.gain));
       }
       if (!best_fit.valid) break;
       if (trace)
-        a.notes.push_back(fmt::format("upgrade '{}' {} -> {} (gain {}, +{} bits)",
-                                      table.layer(best_fit.layer).name,
-                                      table.option(best_fit.layer, a.option[best_fit.layer]).label,
-                                      table.option(best_fit.layer, best_fit.option).label,
-                                      best_fit.gain, best_fit.added));
+        a.notes.push_back(fmt::format(
+            "upgrade '{}' {} -> {} (gain {}, +{} bits)", table.layer(best_fit.layer).name,
+            table.option(best_fit.layer, a.option[best_fit.layer]).label,
+            table.option(best_fit.layer, best_fit.option).label, best_fit.gain, best_fit.added));
       objective -= best_fit.gain;
       used += best_fit.added;
       a.option[best_fit.layer] = best_fit.option;

@@ -43,7 +43,8 @@ struct MCKP {
     const auto r = detail::merge_frontiers(groups, capacity, max_states);
     require<ArgumentError>(r.has_value(),
                            "MCKP: the Pareto frontier exceeds max_states = {} states ({} layers); "
-                           "raise MCKP::max_states or coarsen the option costs", max_states, L);
+                           "raise MCKP::max_states or coarsen the option costs",
+                           max_states, L);
     BitAssignment a;
     a.allocator = std::string(name);
     a.option.assign(r->choice.begin(), r->choice.end());

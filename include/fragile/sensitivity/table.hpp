@@ -38,10 +38,10 @@ struct LayerInfo {
 
 /// One candidate treatment of a layer.
 struct Option {
-  std::string label;                ///< "3bit", "r=0.05", ...
-  double value = 0.0;               ///< bits, or high-impact ratio
-  std::uint64_t cost_bits = 0;      ///< exact storage of the layer under this option
-  std::optional<double> score;      ///< lower = better; unset until a metric fills it
+  std::string label;            ///< "3bit", "r=0.05", ...
+  double value = 0.0;           ///< bits, or high-impact ratio
+  std::uint64_t cost_bits = 0;  ///< exact storage of the layer under this option
+  std::optional<double> score;  ///< lower = better; unset until a metric fills it
 };
 
 class SensitivityTable;
@@ -88,13 +88,15 @@ class BlockMatrix {
   [[nodiscard]] double at(std::size_t l1, std::size_t m1, std::size_t l2, std::size_t m2) const {
     const std::size_t r1 = row(l1, m1), r2 = row(l2, m2);
     if (!same_block(l1, l2)) return 0.0;
-    return blocks_[where_[l1].first].m(static_cast<Eigen::Index>(r1), static_cast<Eigen::Index>(r2));
+    return blocks_[where_[l1].first].m(static_cast<Eigen::Index>(r1),
+                                       static_cast<Eigen::Index>(r2));
   }
   /// Sets M[(l1,m1),(l2,m2)] and its mirror; both layers must share a block.
   void set(std::size_t l1, std::size_t m1, std::size_t l2, std::size_t m2, double v) {
     require<ArgumentError>(same_block(l1, l2),
                            "BlockMatrix: layers {} and {} are in different blocks; M is block-"
-                           "diagonal and holds no entry between them", l1, l2);
+                           "diagonal and holds no entry between them",
+                           l1, l2);
     const auto r1 = static_cast<Eigen::Index>(row(l1, m1));
     const auto r2 = static_cast<Eigen::Index>(row(l2, m2));
     auto& m = blocks_[where_[l1].first].m;
@@ -146,7 +148,9 @@ class SensitivityTable {
     options_[l].push_back(std::move(option));
     return options_[l].size() - 1;
   }
-  void set_score(std::size_t l, std::size_t o, double score) { option_ref(l, o, "set_score").score = score; }
+  void set_score(std::size_t l, std::size_t o, double score) {
+    option_ref(l, o, "set_score").score = score;
+  }
 
   [[nodiscard]] std::size_t num_layers() const noexcept { return layers_.size(); }
   [[nodiscard]] std::size_t num_options(std::size_t l) const {
@@ -165,7 +169,9 @@ class SensitivityTable {
     check_layer(l, "options");
     return options_[l];
   }
-  [[nodiscard]] std::uint64_t cost(std::size_t l, std::size_t o) const { return option(l, o).cost_bits; }
+  [[nodiscard]] std::uint64_t cost(std::size_t l, std::size_t o) const {
+    return option(l, o).cost_bits;
+  }
   /// score(l, o); throws ConfigError when it was never set.
   [[nodiscard]] double score(std::size_t l, std::size_t o) const {
     const Option& opt = option(l, o);
@@ -220,7 +226,9 @@ class SensitivityTable {
     m.symmetrize();
     interactions_ = std::move(m);
   }
-  [[nodiscard]] const std::optional<BlockMatrix>& interactions() const noexcept { return interactions_; }
+  [[nodiscard]] const std::optional<BlockMatrix>& interactions() const noexcept {
+    return interactions_;
+  }
 
   /// Throws ConfigError naming the layer and option for: no layers, a non-positive parameter
   /// count, a layer without options, an unset / NaN / Inf score, or a total cost that overflows.
@@ -233,8 +241,8 @@ class SensitivityTable {
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const auto& info = layers_[l];
       require<ConfigError>(info.parameters > 0,
-                           "SensitivityTable: layer {} '{}' has parameter count 0, expected > 0",
-                           l, info.name);
+                           "SensitivityTable: layer {} '{}' has parameter count 0, expected > 0", l,
+                           info.name);
       require<ConfigError>(!options_[l].empty(), "SensitivityTable: layer {} '{}' has no options",
                            l, info.name);
       std::uint64_t layer_max = 0;
@@ -245,16 +253,19 @@ class SensitivityTable {
                                info.name, opt.label);
           require<ConfigError>(std::isfinite(*opt.score),
                                "SensitivityTable: layer '{}' option '{}' has score {}, expected a "
-                               "finite number", info.name, opt.label, *opt.score);
+                               "finite number",
+                               info.name, opt.label, *opt.score);
         }
-        require<ConfigError>(std::isfinite(opt.value),
-                             "SensitivityTable: layer '{}' option '{}' has value {}, expected finite",
-                             info.name, opt.label, opt.value);
+        require<ConfigError>(
+            std::isfinite(opt.value),
+            "SensitivityTable: layer '{}' option '{}' has value {}, expected finite", info.name,
+            opt.label, opt.value);
         layer_max = std::max(layer_max, opt.cost_bits);
       }
       constexpr std::uint64_t kHalf = std::numeric_limits<std::uint64_t>::max() >> 1;
       require<ConfigError>(layer_max <= kHalf && max_total <= kHalf - layer_max,
-                           "SensitivityTable: total cost overflows 63 bits at layer '{}'", info.name);
+                           "SensitivityTable: total cost overflows 63 bits at layer '{}'",
+                           info.name);
       max_total += layer_max;
     }
     if (interactions_) interactions_->validate(*this);
@@ -262,14 +273,16 @@ class SensitivityTable {
 
  private:
   void check_layer(std::size_t l, const char* what) const {
-    require<ArgumentError>(l < layers_.size(), "SensitivityTable::{}: layer index {} out of range ({} layers)",
-                           what, l, layers_.size());
+    require<ArgumentError>(l < layers_.size(),
+                           "SensitivityTable::{}: layer index {} out of range ({} layers)", what, l,
+                           layers_.size());
   }
   Option& option_ref(std::size_t l, std::size_t o, const char* what) {
     check_layer(l, what);
-    require<ArgumentError>(o < options_[l].size(),
-                           "SensitivityTable::{}: option index {} out of range for layer '{}' ({} options)",
-                           what, o, layers_[l].name, options_[l].size());
+    require<ArgumentError>(
+        o < options_[l].size(),
+        "SensitivityTable::{}: option index {} out of range for layer '{}' ({} options)", what, o,
+        layers_[l].name, options_[l].size());
     return options_[l][o];
   }
 
@@ -359,8 +372,9 @@ inline void BlockMatrix::validate(const SensitivityTable& table) const {
       for (Eigen::Index j = i + 1; j < n; ++j)
         require<ConfigError>(std::abs(b.m(i, j) - b.m(j, i)) <= 1e-9 * scale,
                              "BlockMatrix: M is not symmetric in block {}: M[{}, {}] = {} but "
-                             "M[{}, {}] = {}", b.id, name_of(i), name_of(j), b.m(i, j), name_of(j),
-                             name_of(i), b.m(j, i));
+                             "M[{}, {}] = {}",
+                             b.id, name_of(i), name_of(j), b.m(i, j), name_of(j), name_of(i),
+                             b.m(j, i));
   }
 }
 
@@ -377,10 +391,14 @@ inline void to_json(nlohmann::json& j, const SensitivityTable& t) {
       jo["score"] = o.score ? json(*o.score) : json(nullptr);
       opts.push_back(std::move(jo));
     }
-    layers.push_back({{"name", info.name}, {"block", info.block}, {"kind", info.kind},
-                      {"parameters", info.parameters}, {"options", std::move(opts)}});
+    layers.push_back({{"name", info.name},
+                      {"block", info.block},
+                      {"kind", info.kind},
+                      {"parameters", info.parameters},
+                      {"options", std::move(opts)}});
   }
-  j = {{"score_name", t.score_name()}, {"layers", std::move(layers)},
+  j = {{"score_name", t.score_name()},
+       {"layers", std::move(layers)},
        {"layer_metrics", t.layer_metrics()}};
   if (t.interactions()) {
     const auto& m = *t.interactions();
@@ -428,9 +446,11 @@ inline void from_json(const nlohmann::json& j, SensitivityTable& t) {
       require<ConfigError>(v.is_object() && v.contains(field),
                            "SensitivityTable JSON: {} lacks field '{}'", w, field);
       const json& x = v.at(field);
-      require<ConfigError>(x.is_number_unsigned() || (x.is_number_integer() && x.get<std::int64_t>() >= 0),
-                           "SensitivityTable JSON: {} field '{}' is {}, expected a non-negative "
-                           "integer", w, field, x.dump());
+      require<ConfigError>(
+          x.is_number_unsigned() || (x.is_number_integer() && x.get<std::int64_t>() >= 0),
+          "SensitivityTable JSON: {} field '{}' is {}, expected a non-negative "
+          "integer",
+          w, field, x.dump());
       return x.get<std::uint64_t>();
     };
     info.block = static_cast<std::size_t>(non_negative_int(jl, "block", lw));
@@ -438,10 +458,12 @@ inline void from_json(const nlohmann::json& j, SensitivityTable& t) {
     info.parameters = non_negative_int(jl, "parameters", lw);
     const std::size_t li = t.add_layer(info);
     const auto opts = detail::json_field<json>(jl, "options", lw);
-    require<ConfigError>(opts.is_array(), "SensitivityTable JSON: {} 'options' must be an array", lw);
+    require<ConfigError>(opts.is_array(), "SensitivityTable JSON: {} 'options' must be an array",
+                         lw);
     for (std::size_t o = 0; o < opts.size(); ++o) {
       Option opt;
-      opt.label = detail::json_field<std::string>(opts[o], "label", fmt::format("{} option {}", lw, o));
+      opt.label =
+          detail::json_field<std::string>(opts[o], "label", fmt::format("{} option {}", lw, o));
       const std::string ow = fmt::format("{} option '{}'", lw, opt.label);
       opt.value = detail::json_field<double>(opts[o], "value", ow);
       opt.cost_bits = non_negative_int(opts[o], "cost_bits", ow);
@@ -450,14 +472,26 @@ inline void from_json(const nlohmann::json& j, SensitivityTable& t) {
       t.add_option(li, std::move(opt));
     }
   }
-  if (j.contains("layer_metrics"))
-    for (const auto& [name, values] : j.at("layer_metrics").items())
-      t.set_layer_metric(name, values.get<std::vector<double>>());
+  if (j.contains("layer_metrics")) {
+    require<ConfigError>(j.at("layer_metrics").is_object(),
+                         "SensitivityTable JSON: 'layer_metrics' must be an object");
+    for (const auto& [name, values] : j.at("layer_metrics").items()) {
+      std::vector<double> v;
+      try {
+        v = values.get<std::vector<double>>();
+      } catch (const nlohmann::json::exception&) {
+        raise<ConfigError>("SensitivityTable JSON: layer metric '{}' must be an array of numbers",
+                           name);
+      }
+      t.set_layer_metric(name, std::move(v));
+    }
+  }
   if (j.contains("interactions")) {
     auto m = BlockMatrix::zeros(t);
     const auto& blocks = j.at("interactions");
     require<ConfigError>(blocks.is_array() && blocks.size() == m.num_blocks(),
-                         "SensitivityTable JSON: 'interactions' must list {} blocks", m.num_blocks());
+                         "SensitivityTable JSON: 'interactions' must list {} blocks",
+                         m.num_blocks());
     for (std::size_t k = 0; k < m.num_blocks(); ++k) {
       const auto rows = detail::json_field<std::vector<std::vector<double>>>(
           blocks[k], "m", fmt::format("interactions block {}", k));
@@ -466,9 +500,11 @@ inline void from_json(const nlohmann::json& j, SensitivityTable& t) {
                            "SensitivityTable JSON: interactions block {} has {} rows, expected {}",
                            k, rows.size(), b.rows());
       for (Eigen::Index r = 0; r < b.rows(); ++r) {
-        require<ConfigError>(rows[static_cast<std::size_t>(r)].size() == static_cast<std::size_t>(b.cols()),
-                             "SensitivityTable JSON: interactions block {} row {} has {} entries, "
-                             "expected {}", k, r, rows[static_cast<std::size_t>(r)].size(), b.cols());
+        require<ConfigError>(
+            rows[static_cast<std::size_t>(r)].size() == static_cast<std::size_t>(b.cols()),
+            "SensitivityTable JSON: interactions block {} row {} has {} entries, "
+            "expected {}",
+            k, r, rows[static_cast<std::size_t>(r)].size(), b.cols());
         for (Eigen::Index c = 0; c < b.cols(); ++c)
           b(r, c) = rows[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)];
       }

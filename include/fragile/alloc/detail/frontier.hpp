@@ -67,7 +67,8 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
     for (const Item& it : groups[k]) g = std::gcd(g, it.cost - groups[k].front().cost);
   }
   require<BudgetError>(base <= capacity,
-                       "merge_frontiers: cheapest choice costs {} bits, capacity is {}", base, capacity);
+                       "merge_frontiers: cheapest choice costs {} bits, capacity is {}", base,
+                       capacity);
   if (g == 0) g = 1;
   const std::uint64_t R = (capacity - base) / g;
 
@@ -80,7 +81,8 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
       if (u > R) break;
       units[k].push_back(u);
     }
-  for (std::size_t k = G; k-- > 0;) suffix_max[k] = std::min<std::uint64_t>(R, suffix_max[k + 1] + units[k].back());
+  for (std::size_t k = G; k-- > 0;)
+    suffix_max[k] = std::min<std::uint64_t>(R, suffix_max[k + 1] + units[k].back());
 
   std::vector<std::uint64_t> cur_u{0}, next_u;
   std::vector<double> cur_v{0.0}, next_v;
@@ -176,7 +178,10 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
       }
     }
     largest = std::max(largest, next_u.size());
-    if (next_u.size() > max_states) return std::nullopt;
+    // Parent indices are 32-bit.
+    if (next_u.size() >
+        std::min<std::size_t>(max_states, std::numeric_limits<std::uint32_t>::max()))
+      return std::nullopt;
     par.shrink_to_fit();
     itm.shrink_to_fit();
     std::swap(cur_u, next_u);
