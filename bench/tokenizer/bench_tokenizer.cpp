@@ -63,8 +63,40 @@ void bench_encode(benchmark::State& state, const char* folder, PreTokenizerPrese
   state.SetLabel(fmt::format("ids={} fnv={:016x}", ids.size(), fnv1a(ids)));
 }
 
+// The text's lines encoded one by one (what HF's encode_batch(lines) does, on one thread).
+void bench_encode_lines(benchmark::State& state, const char* folder, PreTokenizerPreset preset) {
+  const auto text = wikitext();
+  const auto dir = fragile::bench::data_dir();
+  if (!text || !dir || !std::filesystem::exists(*dir / "tokenizers" / folder / "vocab.json")) {
+    state.SkipWithError("skipped: WikiText-2 raw or the tokenizer files are absent");
+    return;
+  }
+  const auto tok = ByteLevelBpeTokenizer::from_vocab_merges(
+      *dir / "tokenizers" / folder / "vocab.json", *dir / "tokenizers" / folder / "merges.txt", preset);
+  std::vector<std::string_view> lines;
+  for (std::size_t pos = 0; pos <= text->size();) {
+    auto end = text->find('\n', pos);
+    if (end == std::string::npos) end = text->size();
+    lines.emplace_back(text->data() + pos, end - pos);
+    pos = end + 1;
+  }
+  std::size_t tokens = 0;
+  for (auto _ : state) {
+    tokens = 0;
+    for (auto line : lines) tokens += tok.encode(line).size();
+    benchmark::DoNotOptimize(tokens);
+  }
+  state.counters["tokens/s"] = benchmark::Counter(
+      static_cast<double>(tokens) * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel(fmt::format("lines={} ids={}", lines.size(), tokens));
+}
+
 }  // namespace
 
+BENCHMARK_CAPTURE(bench_encode_lines, gpt2_wikitext2_lines, "gpt2", PreTokenizerPreset::kGpt2)
+    ->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK_CAPTURE(bench_encode_lines, qwen2_wikitext2_lines, "qwen2", PreTokenizerPreset::kQwen2)
+    ->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK_CAPTURE(bench_encode, gpt2_wikitext2, "gpt2", PreTokenizerPreset::kGpt2, false)
     ->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK_CAPTURE(bench_encode, qwen2_wikitext2, "qwen2", PreTokenizerPreset::kQwen2, false)
