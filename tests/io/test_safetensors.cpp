@@ -194,6 +194,8 @@ TEST_CASE("safetensors sharded round trip", "[io][safetensors]") {
 
   // One shard: model.safetensors and no index, as transformers writes it.
   const auto dir1 = fragile::test::scratch_dir("safetensors_one_shard");
+  w.write_sharded(dir1, 600);  // sharded first: its index must not shadow the single file
+  REQUIRE(fs::exists(dir1 / "model.safetensors.index.json"));
   CHECK(w.write_sharded(dir1, 1 << 20) == dir1 / "model.safetensors");
   CHECK(!fs::exists(dir1 / "model.safetensors.index.json"));
   CHECK(open_safetensors(dir1).size() == 6);

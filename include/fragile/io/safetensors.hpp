@@ -440,7 +440,8 @@ class SafetensorsWriter {
   /// Writes HF-style shards `model-0000i-of-0000N.safetensors` of at most `max_shard_bytes` of
   /// tensor data each (a larger tensor gets a shard of its own), in insertion order, plus
   /// `model.safetensors.index.json`. With a single shard it writes `model.safetensors` and no
-  /// index, as transformers does. Returns the path to pass to open_safetensors.
+  /// index, as transformers does (removing a stale index there). Returns the path to pass to
+  /// open_safetensors.
   std::filesystem::path write_sharded(const std::filesystem::path& dir,
                                       std::size_t max_shard_bytes) const {
     require<ArgumentError>(max_shard_bytes > 0, "SafetensorsWriter: max_shard_bytes must be > 0");
@@ -461,6 +462,8 @@ class SafetensorsWriter {
     if (shards.size() <= 1) {
       const auto path = dir / "model.safetensors";
       write_file(path, shards.empty() ? std::vector<std::size_t>{} : shards.front());
+      // A stale index from an earlier sharded write would shadow the new file.
+      std::filesystem::remove(dir / kSafetensorsIndexName, ec);
       return path;
     }
     nlohmann::ordered_json index;
