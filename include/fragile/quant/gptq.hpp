@@ -183,7 +183,7 @@ struct Gptq {
     for (Index i1 = 0; i1 < n; i1 += bs) {
       const Index i2 = std::min(i1 + bs, n), count = i2 - i1;
       // Rows are independent inside a block: each thread runs whole rows through it.
-#pragma omp parallel reduction(+ : loss) if (rows * count > 4096)
+#pragma omp parallel reduction(+ : loss) if (rows * count * count > (1 << 21))
       {
         std::vector<float> w1(static_cast<std::size_t>(count));
 #pragma omp for schedule(static)
