@@ -147,7 +147,7 @@ TEST_CASE("Allocators are deterministic and reject bad input", "[alloc][mckp]") 
   bad.set_score(3, 0, std::nan(""));
   CHECK_THROWS_AS(alloc::MCKP{}.allocate(bad, budget), ConfigError);
   CHECK_THROWS_AS(alloc::GreedyMarginal{}.allocate(bad, budget), ConfigError);
-  CHECK_THROWS_AS(alloc::MCKP{.max_states = 1}.allocate(t, budget), ArgumentError);
+  CHECK_THROWS_AS(alloc::MCKP{.max_states = 0}.allocate(t, budget), ArgumentError);
 }
 
 TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustment",
@@ -263,5 +263,14 @@ TEST_CASE("Llama-2-7B-sized table: MCKP <= greedy, greedy's LP bound <= MCKP", "
         const std::uint64_t c = m.total_cost_bits - t.cost(l, m.option[l]) + t.cost(l, o);
         if (c <= m.capacity_bits) CHECK(t.score(l, o) >= t.score(l, m.option[l]));
       }
+  }
+}
+
+TEST_CASE("MCKP equals brute force on medium instances (bound pruning active)", "[alloc][mckp]") {
+  Rng rng(424242);
+  for (int it = 0; it < 12; ++it) {
+    InstanceShape s{3, 3, 3, 4, it % 3 == 0, it % 4 == 1};  // 9 layers, up to 4^9 assignments
+    const auto t = random_table(rng, s);
+    for (int b = 0; b < 3; ++b) check_instance(t, random_budget(rng, t));
   }
 }

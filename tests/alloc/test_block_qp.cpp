@@ -215,3 +215,21 @@ TEST_CASE("MBuilder recovers a known M from a quadratic loss", "[alloc][mbuilder
     CHECK(alloc::BlockQP{}.allocate(with, budget).objective == Approx(*opt).epsilon(1e-12));
   }
 }
+
+TEST_CASE("BlockQP equals brute force on medium instances", "[alloc][blockqp]") {
+  Rng rng(5150);
+  for (int it = 0; it < 6; ++it) {
+    const auto t = random_table(rng, {3, 3, 2, 4, it % 2 == 0, false});  // 9 layers
+    const bool integer = it % 2 == 0;
+    const auto m = random_block_matrix(rng, t, integer);
+    const auto budget = random_budget(rng, t);
+    const auto opt = brute_force_quadratic(t, m, budget.capacity(t));
+    REQUIRE(opt);
+    const auto a = alloc::BlockQP{}.solve(t, m, budget);
+    if (integer)
+      CHECK(a.objective == *opt);
+    else
+      CHECK(a.objective == Approx(*opt).epsilon(1e-12).margin(1e-12));
+    CHECK(a.total_cost_bits <= budget.capacity(t));
+  }
+}

@@ -7,7 +7,10 @@
 // solutions are pruned to a Pareto frontier (ascending cost, strictly decreasing value) and
 //   - states that cannot be completed within capacity (cost + 0 > capacity) are dropped;
 //   - all states whose every completion fits (cost + max remaining <= capacity) collapse into
-//     the best of them (its completions are the same set).
+//     the best of them (its completions are the same set);
+//   - states whose value plus the LP-relaxation bound of the remaining groups (convex hulls,
+//     Sinha & Zoltners 1979) exceeds a feasible incumbent (the truncated LP walk) by more than
+//     1e-9 x sum_g max|value| are dropped (the margin dwarfs the bound's rounding error).
 // Values are summed group by group in group order, and floating-point addition is monotone, so
 // pruning never discards the exact minimum of that summation order. Ties: the first state in
 // (parent, item) order is kept, so results are identical across runs.
@@ -16,6 +19,8 @@
 #include "fragile/core/error.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <iterator>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -44,6 +49,106 @@ inline std::vector<Item> pareto_frontier(std::vector<Item> items) {
     if (out.empty() || it.value < out.back().value) out.push_back(it);
   return out;
 }
+
+/// LP relaxation of the groups k..G-1 (Sinha & Zoltners 1979): the lower convex hull of each
+/// group's (units, value) items, all hull segments of the suffix sorted by slope. at(k, c) is a
+/// lower bound on the best value of groups k.. with c units left; incumbent() is the feasible
+/// point reached by taking segments in slope order until the next one does not fit.
+class SuffixLpBound {
+ public:
+  SuffixLpBound(const std::vector<std::vector<Item>>& groups,
+                const std::vector<std::vector<std::uint64_t>>& units) {
+    const std::size_t G = groups.size();
+    base_.assign(G + 1, 0.0);
+    cum_u_.resize(G + 1);
+    cum_v_.resize(G + 1);
+    slope_.resize(G + 1);
+    vertex_.resize(G);
+    std::vector<std::vector<Seg>> segs(G);
+    for (std::size_t k = 0; k < G; ++k) {
+      // Lower hull of the Pareto points (u ascending, v strictly decreasing).
+      std::vector<std::size_t> hull;
+      for (std::size_t i = 0; i < units[k].size(); ++i) {
+        while (hull.size() >= 2) {
+          const std::size_t a = hull[hull.size() - 2], b = hull.back();
+          const double ux = static_cast<double>(units[k][b] - units[k][a]);
+          const double vx = groups[k][b].value - groups[k][a].value;
+          const double uy = static_cast<double>(units[k][i] - units[k][a]);
+          const double vy = groups[k][i].value - groups[k][a].value;
+          if (ux * vy - vx * uy <= 0.0)
+            hull.pop_back();  // b is not strictly below a-i
+          else
+            break;
+        }
+        hull.push_back(i);
+      }
+      vertex_[k] = hull;
+      for (std::size_t h = 1; h < hull.size(); ++h) {
+        const double du = static_cast<double>(units[k][hull[h]] - units[k][hull[h - 1]]);
+        const double dv = groups[k][hull[h]].value - groups[k][hull[h - 1]].value;
+        segs[k].push_back({dv / du, du, dv, static_cast<std::uint32_t>(k)});
+      }
+    }
+    std::vector<Seg> suffix, merged;
+    for (std::size_t k = G; k-- > 0;) {
+      base_[k] = base_[k + 1] + groups[k].front().value;
+      merged.clear();
+      std::merge(segs[k].begin(), segs[k].end(), suffix.begin(), suffix.end(),
+                 std::back_inserter(merged), [](const Seg& a, const Seg& b) {
+                   if (a.slope != b.slope) return a.slope < b.slope;
+                   return a.group < b.group;
+                 });
+      std::swap(suffix, merged);
+      auto& cu = cum_u_[k];
+      auto& cv = cum_v_[k];
+      auto& sl = slope_[k];
+      cu.assign(1, 0.0);
+      cv.assign(1, 0.0);
+      sl.clear();
+      for (const Seg& sg : suffix) {
+        cu.push_back(cu.back() + sg.du);
+        cv.push_back(cv.back() + sg.dv);
+        sl.push_back(sg.slope);
+      }
+      if (k == 0) order_ = suffix;
+    }
+    cum_u_[G].assign(1, 0.0);
+    cum_v_[G].assign(1, 0.0);
+  }
+
+  [[nodiscard]] double at(std::size_t k, double cap) const {
+    const auto& cu = cum_u_[k];
+    const std::size_t n =
+        static_cast<std::size_t>(std::upper_bound(cu.begin(), cu.end(), cap) - cu.begin()) - 1;
+    double v = base_[k] + cum_v_[k][n];
+    if (n < slope_[k].size()) v += (cap - cu[n]) * slope_[k][n];
+    return v;
+  }
+
+  /// Item index per group of the truncated LP walk (feasible: total units <= R).
+  [[nodiscard]] std::vector<std::size_t> incumbent(double R) const {
+    std::vector<std::size_t> taken(vertex_.size(), 0);
+    double used = 0.0;
+    for (const Seg& sg : order_) {
+      if (used + sg.du > R) break;
+      used += sg.du;
+      ++taken[sg.group];
+    }
+    std::vector<std::size_t> item(vertex_.size());
+    for (std::size_t k = 0; k < vertex_.size(); ++k) item[k] = vertex_[k][taken[k]];
+    return item;
+  }
+
+ private:
+  struct Seg {
+    double slope, du, dv;
+    std::uint32_t group;
+  };
+  std::vector<double> base_;
+  std::vector<std::vector<double>> cum_u_, cum_v_, slope_;
+  std::vector<std::vector<std::size_t>> vertex_;
+  std::vector<Seg> order_;
+};
 
 struct MergeResult {
   double value = 0.0;
@@ -84,6 +189,24 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
   for (std::size_t k = G; k-- > 0;)
     suffix_max[k] = std::min<std::uint64_t>(R, suffix_max[k + 1] + units[k].back());
 
+  // Bound pruning: a state whose value plus the LP bound of the remaining groups exceeds a
+  // feasible incumbent (by more than rounding can explain) cannot lead to the optimum.
+  const SuffixLpBound lp(groups, units);
+  double incumbent = 0.0, scale = 0.0;
+  {
+    const auto inc = lp.incumbent(static_cast<double>(R));
+    std::uint64_t used = 0;
+    for (std::size_t k = 0; k < G; ++k) {
+      incumbent += groups[k][inc[k]].value;
+      used += units[k][inc[k]];
+      double mx = 0.0;
+      for (const Item& it : groups[k]) mx = std::max(mx, std::abs(it.value));
+      scale += mx;
+    }
+    if (used > R) incumbent = std::numeric_limits<double>::infinity();  // rounding guard
+  }
+  const double prune_above = incumbent + 1e-9 * scale;
+
   std::vector<std::uint64_t> cur_u{0}, next_u;
   std::vector<double> cur_v{0.0}, next_v;
   std::vector<std::vector<std::uint32_t>> parent(G), item(G);
@@ -112,7 +235,10 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
     auto& itm = item[k];
     par.clear();
     itm.clear();
-    if (width <= kDenseLimit) {
+    // Dense array over the cost range when it is not much wider than the candidate count,
+    // otherwise sort the candidates (a narrow frontier over a wide cost range).
+    const std::uint64_t candidates = static_cast<std::uint64_t>(cur_u.size()) * uk.size();
+    if (width <= kDenseLimit && width <= 8 * candidates + 1024) {
       best_v.assign(width, kInf);
       best_p.resize(width);
       best_i.resize(width);
@@ -141,22 +267,25 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
           itm.push_back(best_i[idx]);
         }
     } else {
+      // k-way merge of the shifted lists cur + item j (each strictly ascending in cost), popped
+      // in (cost, value, parent, item) order: the same survivors as the dense path.
+      auto later = [&](const Cand& a, const Cand& b) {
+        if (a.u != b.u) return a.u > b.u;
+        if (a.v != b.v) return a.v > b.v;
+        if (a.p != b.p) return a.p > b.p;
+        return a.i > b.i;
+      };
       cands.clear();
-      for (std::size_t s = 0; s < cur_u.size(); ++s)
-        for (std::size_t j = 0; j < uk.size(); ++j) {
-          const std::uint64_t nu = cur_u[s] + uk[j];
-          if (nu > R) break;
-          cands.push_back({nu, cur_v[s] + items[j].value, static_cast<std::uint32_t>(s),
-                           static_cast<std::uint32_t>(j)});
-        }
-      std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
-        if (a.u != b.u) return a.u < b.u;
-        if (a.v != b.v) return a.v < b.v;
-        if (a.p != b.p) return a.p < b.p;
-        return a.i < b.i;
-      });
+      for (std::size_t j = 0; j < uk.size(); ++j)
+        if (cur_u[0] + uk[j] <= R)
+          cands.push_back(
+              {cur_u[0] + uk[j], cur_v[0] + items[j].value, 0, static_cast<std::uint32_t>(j)});
+      std::make_heap(cands.begin(), cands.end(), later);
       double running = kInf;
-      for (const Cand& c : cands)
+      while (!cands.empty()) {
+        std::pop_heap(cands.begin(), cands.end(), later);
+        const Cand c = cands.back();
+        cands.pop_back();
         if (c.v < running) {
           running = c.v;
           next_u.push_back(c.u);
@@ -164,6 +293,13 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
           par.push_back(c.p);
           itm.push_back(c.i);
         }
+        const std::size_t np = static_cast<std::size_t>(c.p) + 1;
+        if (np < cur_u.size() && cur_u[np] + uk[c.i] <= R) {
+          cands.push_back({cur_u[np] + uk[c.i], cur_v[np] + items[c.i].value,
+                           static_cast<std::uint32_t>(np), c.i});
+          std::push_heap(cands.begin(), cands.end(), later);
+        }
+      }
     }
     // Collapse the states whose every completion fits into the best of them.
     if (suffix_max[k + 1] <= R) {
@@ -176,6 +312,26 @@ inline std::optional<MergeResult> merge_frontiers(const std::vector<std::vector<
         par.erase(par.begin(), par.begin() + static_cast<std::ptrdiff_t>(first));
         itm.erase(itm.begin(), itm.begin() + static_cast<std::ptrdiff_t>(first));
       }
+    }
+    {
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < next_u.size(); ++i) {
+        const double bound = next_v[i] + lp.at(k + 1, static_cast<double>(R - next_u[i]));
+        if (bound > prune_above) continue;
+        next_u[kept] = next_u[i];
+        next_v[kept] = next_v[i];
+        par[kept] = par[i];
+        itm[kept] = itm[i];
+        ++kept;
+      }
+      next_u.resize(kept);
+      next_v.resize(kept);
+      par.resize(kept);
+      itm.resize(kept);
+      require<NumericError>(kept > 0,
+                            "merge_frontiers: bound pruning emptied the frontier at "
+                            "group {} (internal error)",
+                            k);
     }
     largest = std::max(largest, next_u.size());
     // Parent indices are 32-bit.
