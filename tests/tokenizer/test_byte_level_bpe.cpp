@@ -120,6 +120,9 @@ TEST_CASE("added tokens are split out first, longest match", "[tokenizer]") {
   CHECK(t.token_id("ab") == 256);
   CHECK_FALSE(t.token_id("abc").has_value());
   CHECK(t.vocab_size() == 303);
+  ByteLevelBpeTokenizer::Options bad;
+  bad.added_tokens = {{"\xC3", 300, true}};  // half of "é": would split "é" in two
+  CHECK_THROWS_WITH(tiny({}, bad), Catch::Contains("not valid UTF-8"));
 }
 
 TEST_CASE("tokenizer.json: merges in both forms, Split + ByteLevel, ignore_merges", "[tokenizer]") {

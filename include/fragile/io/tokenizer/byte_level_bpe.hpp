@@ -141,6 +141,9 @@ class ByteLevelBpeTokenizer {
     }
     for (auto& t : options_.added_tokens) {
       require<IoError>(!t.content.empty(), "{}: added token {} is empty", source_, t.id);
+      // Splitting text at a token that is not whole UTF-8 could cut a character in two.
+      require<IoError>(!find_invalid_utf8(t.content), "{}: added token {} is not valid UTF-8",
+                       source_, t.id);
       require<IoError>(t.id >= 0 && t.id < kMaxId, "{}: added token '{}' has id {} outside [0, {})",
                        source_, t.content, t.id, kMaxId);
       ensure_size(t.id);
