@@ -17,7 +17,7 @@ struct TinySpec {
   model::RopeStyle rope_style = model::RopeStyle::kHalf;
   bool attention_bias = false;
   bool tie = false;
-  std::optional<std::size_t> sliding_window;
+  std::optional<std::size_t> sliding_window = std::nullopt;
   std::size_t kv_heads = 2;
   double weight_std = 0.3;
   std::uint64_t seed = 42;

@@ -31,6 +31,9 @@ struct cpu {
 
 namespace backend {
 
+/// Below this many elements a kernel runs serially: a parallel region costs more than the work.
+inline constexpr std::size_t kCpuParallelMin = 1 << 15;
+
 /// Threads the CPU backend uses (OpenMP's current maximum; 1 without OpenMP).
 inline int cpu_threads() noexcept {
 #if defined(_OPENMP)

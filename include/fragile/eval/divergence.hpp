@@ -74,7 +74,7 @@ DivergenceResult divergence(const model::Transformer<B>& model,
       model.head(gq.data(), n, lq.data());
       model::layers::logsumexp_rows(B{}, lse_p.data(), arg_p.data(), lp.data(), n, V);
       model::layers::logsumexp_rows(B{}, lse_q.data(), arg_q.data(), lq.data(), n, V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * V >= backend::kCpuParallelMin)
       for (std::size_t i = 0; i < n; ++i) {
         const float* a = lp.data() + i * V;
         const float* q = lq.data() + i * V;

@@ -91,7 +91,7 @@ struct CaptureOptions {
   std::uint64_t seed = 0;          ///< for kModelSample; row (window w, position t) draws from
                                    ///< Rng(seed).fork(w * T + t), independent of batching
   std::size_t batch_size = 1;      ///< windows per forward/backward
-  std::vector<std::size_t> layers; ///< linear indices to deliver; empty = all
+  std::vector<std::size_t> layers = {};  ///< linear indices to deliver; empty = all
 };
 
 /// What a capture pass saw.

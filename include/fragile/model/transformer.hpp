@@ -614,7 +614,7 @@ class Transformer {
           if (row % T + 1 < T) labels[r] = ids[row + 1];
         }
       } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * V >= backend::kCpuParallelMin)
         for (std::size_t r = 0; r < rows; ++r) {
           const std::size_t row = r0 + r;
           Rng rng = base.fork((first_window + row / T) * T + row % T);

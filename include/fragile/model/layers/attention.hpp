@@ -48,19 +48,19 @@ inline void attention_probs(Dense& s, const StridedConst& q, const StridedConst&
   for (std::size_t t = 0; t < T; ++t) {
     float* row = s.data() + t * T;
     const std::size_t lo = sh.first_key(t);
+    const auto len = static_cast<Eigen::Index>(t + 1 - lo);
+    Eigen::Map<Eigen::ArrayXf> vis(row + lo, len);  // the visible keys of query t
+    vis *= scale;
     float lse;
     if (lse_in) {
       lse = lse_in[t];
     } else {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (std::size_t j = lo; j <= t; ++j) mx = std::max(mx, row[j] * scale);
-      double sum = 0.0;
-      for (std::size_t j = lo; j <= t; ++j) sum += std::exp(static_cast<double>(row[j] * scale - mx));
-      lse = mx + static_cast<float>(std::log(sum));
+      const float mx = vis.maxCoeff();
+      lse = mx + std::log((vis - mx).exp().sum());
       lse_out[t] = lse;
     }
     for (std::size_t j = 0; j < lo; ++j) row[j] = 0.0f;
-    for (std::size_t j = lo; j <= t; ++j) row[j] = std::exp(row[j] * scale - lse);
+    vis = (vis - lse).exp();
     for (std::size_t j = t + 1; j < T; ++j) row[j] = 0.0f;
   }
 }
@@ -74,7 +74,7 @@ inline void attention_forward(cpu, float* out, float* lse, const float* q, const
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
   const std::size_t tasks = sh.batch * H;
-#pragma omp parallel
+#pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
   {
     std::vector<float> scratch(T * T);
     std::vector<float> lse_local(T);
@@ -102,7 +102,7 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
   const std::size_t tasks = sh.batch * G;  // one task per kv head: its dk, dv have one writer
-#pragma omp parallel
+#pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
   {
     std::vector<float> p_buf(T * T), dp_buf(T * T), delta(T);
 #pragma omp for schedule(dynamic)

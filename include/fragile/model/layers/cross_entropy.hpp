@@ -5,6 +5,8 @@
 
 #include "fragile/backend/cpu.hpp"
 
+#include <Eigen/Core>
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -14,23 +16,21 @@
 namespace fragile::model::layers {
 
 /// lse[r] = log sum_j exp(logits[r, j]); argmax[r] (optional) = first index of the maximum.
+/// exp runs through Eigen's vectorised array kernels (the head is B*T*V exponentials).
 inline void logsumexp_rows(cpu, float* lse, std::int32_t* argmax, const float* logits,
                            std::size_t rows, std::size_t vocab) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * vocab >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < rows; ++r) {
-    const float* row = logits + r * vocab;
-    float mx = -std::numeric_limits<float>::infinity();
-    std::size_t arg = 0;
-    for (std::size_t j = 0; j < vocab; ++j)
-      if (row[j] > mx) {
-        mx = row[j];
-        arg = j;
-      }
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (std::size_t j = 0; j < vocab; ++j) sum += std::exp(row[j] - mx);
-    lse[r] = mx + std::log(sum);
-    if (argmax) argmax[r] = static_cast<std::int32_t>(arg);
+    const Eigen::Map<const Eigen::ArrayXf> row(logits + r * vocab, static_cast<Eigen::Index>(vocab));
+    Eigen::Index arg = 0;
+    const float mx = row.maxCoeff(&arg);
+    lse[r] = mx + std::log((row - mx).exp().sum());
+    if (argmax) {
+      // maxCoeff's index is not specified to be the first on ties: find the first explicitly.
+      std::size_t first = 0;
+      while (logits[r * vocab + first] != mx) ++first;
+      argmax[r] = static_cast<std::int32_t>(first);
+    }
   }
 }
 
@@ -39,7 +39,7 @@ inline void logsumexp_rows(cpu, float* lse, std::int32_t* argmax, const float* l
 inline void cross_entropy_backward_rows(cpu, float* logits, const float* lse,
                                         const std::int32_t* labels, const float* scale,
                                         std::size_t rows, std::size_t vocab) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * vocab >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < rows; ++r) {
     float* row = logits + r * vocab;
     if (labels[r] < 0) {
@@ -47,9 +47,8 @@ inline void cross_entropy_backward_rows(cpu, float* logits, const float* lse,
       continue;
     }
     const float s = scale[r];
-    const float l = lse[r];
-#pragma omp simd
-    for (std::size_t j = 0; j < vocab; ++j) row[j] = std::exp(row[j] - l) * s;
+    Eigen::Map<Eigen::ArrayXf> a(row, static_cast<Eigen::Index>(vocab));
+    a = (a - lse[r]).exp() * s;
     row[labels[r]] -= s;
   }
 }

@@ -13,7 +13,7 @@ namespace fragile::model::layers {
 
 inline void embedding_forward(cpu, float* out, const std::int32_t* ids, const float* table,
                               std::size_t n, std::size_t c) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r)
     std::memcpy(out + r * c, table + static_cast<std::size_t>(ids[r]) * c, c * sizeof(float));
 }

@@ -17,7 +17,7 @@ inline void linear_forward(cpu, float* y, const float* x, const float* w, const 
                            std::size_t n, std::size_t in, std::size_t out) {
   Ops<cpu>::gemm(Trans::kN, Trans::kT, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
   if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * out >= backend::kCpuParallelMin)
     for (std::size_t r = 0; r < n; ++r)
       for (std::size_t j = 0; j < out; ++j) y[r * out + j] += bias[j];
   }

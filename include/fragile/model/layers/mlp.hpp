@@ -1,56 +1,75 @@
 // SwiGLU gating of the Llama MLP (Shazeer 2020, "GLU Variants Improve Transformer"):
 //   down( silu(gate(x)) * up(x) ),  silu(z) = z * sigmoid(z).
 // The three projections are linear layers (layers/linear.hpp); this header holds the elementwise
-// part, written as thrust transforms so that the same functors run on the OMP device system and,
-// in a CUDA build, on the GPU. Shapes: gate, up, h, dh, dgate, dup: (N, I), flattened to `count`.
+// part: thrust spreads fixed-size chunks over the OMP device system's threads and each chunk
+// runs Eigen's vectorised exp. Shapes: gate, up, h, dh, dgate, dup: (N, I), flattened to `count`.
 #pragma once
 
 #include "fragile/backend/cpu.hpp"
-#include "fragile/core/elementwise.hpp"
 
+#include <Eigen/Core>
 #include <thrust/for_each.h>
-#include <thrust/iterator/zip_iterator.h>
-#include <thrust/transform.h>
-#include <thrust/tuple.h>
+#include <thrust/iterator/counting_iterator.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstddef>
 
 namespace fragile::model::layers {
 
-/// silu(gate) * up
-struct SwigluForward {
-  FRAGILE_HOST_DEVICE float operator()(const thrust::tuple<float, float>& gu) const {
-    const float g = thrust::get<0>(gu);
-    return g / (1.0f + std::exp(-g)) * thrust::get<1>(gu);
+/// Elements per thrust work item.
+inline constexpr std::size_t kSwigluChunk = 4096;
+
+/// Chunk k of the elementwise forward: h = silu(gate) * up = gate / (1 + exp(-gate)) * up.
+/// A chunk is processed with Eigen's vectorised array kernels; thrust spreads the chunks over
+/// the threads of the device system.
+struct SwigluForwardChunk {
+  float* h;
+  const float* gate;
+  const float* up;
+  std::size_t count;
+  void operator()(std::size_t k) const {
+    const std::size_t b = k * kSwigluChunk, n = std::min(kSwigluChunk, count - b);
+    using A = Eigen::Map<const Eigen::ArrayXf>;
+    const A g(gate + b, static_cast<Eigen::Index>(n)), u(up + b, static_cast<Eigen::Index>(n));
+    Eigen::Map<Eigen::ArrayXf>(h + b, static_cast<Eigen::Index>(n)) = g / (1.0f + (-g).exp()) * u;
   }
 };
 
-/// (dh, gate, up, dgate&, dup&): dgate = dh * up * silu'(gate), dup = dh * silu(gate).
-struct SwigluBackward {
-  template <class Tuple>
-  FRAGILE_HOST_DEVICE void operator()(Tuple t) const {
-    const float dh = thrust::get<0>(t);
-    const float g = thrust::get<1>(t);
-    const float u = thrust::get<2>(t);
-    const float sig = 1.0f / (1.0f + std::exp(-g));
-    const float silu = g * sig;
-    thrust::get<3>(t) = dh * u * (sig * (1.0f + g * (1.0f - sig)));
-    thrust::get<4>(t) = dh * silu;
+/// Chunk k of the backward: dgate = dh * up * silu'(gate), dup = dh * silu(gate), with
+/// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+struct SwigluBackwardChunk {
+  float* dgate;
+  float* dup;
+  const float* dh;
+  const float* gate;
+  const float* up;
+  std::size_t count;
+  void operator()(std::size_t k) const {
+    const std::size_t b = k * kSwigluChunk, n = std::min(kSwigluChunk, count - b);
+    const auto N = static_cast<Eigen::Index>(n);
+    using A = Eigen::Map<const Eigen::ArrayXf>;
+    const A g(gate + b, N), u(up + b, N), d(dh + b, N);
+    const Eigen::ArrayXf sig = 1.0f / (1.0f + (-g).exp());
+    Eigen::Map<Eigen::ArrayXf>(dup + b, N) = d * g * sig;
+    Eigen::Map<Eigen::ArrayXf>(dgate + b, N) = d * u * (sig * (1.0f + g * (1.0f - sig)));
   }
 };
 
 /// h = silu(gate) * up over `count` elements.
 inline void swiglu_forward(cpu, float* h, const float* gate, const float* up, std::size_t count) {
-  auto first = thrust::make_zip_iterator(thrust::make_tuple(gate, up));
-  thrust::transform(backend::Ops<cpu>::policy(), first, first + count, h, SwigluForward{});
+  const std::size_t chunks = (count + kSwigluChunk - 1) / kSwigluChunk;
+  thrust::for_each(backend::Ops<cpu>::policy(), thrust::counting_iterator<std::size_t>(0),
+                   thrust::counting_iterator<std::size_t>(chunks),
+                   SwigluForwardChunk{h, gate, up, count});
 }
 
 /// dgate, dup from dh (all `count` elements; dgate/dup are overwritten).
 inline void swiglu_backward(cpu, float* dgate, float* dup, const float* dh, const float* gate,
                             const float* up, std::size_t count) {
-  auto first = thrust::make_zip_iterator(thrust::make_tuple(dh, gate, up, dgate, dup));
-  thrust::for_each(backend::Ops<cpu>::policy(), first, first + count, SwigluBackward{});
+  const std::size_t chunks = (count + kSwigluChunk - 1) / kSwigluChunk;
+  thrust::for_each(backend::Ops<cpu>::policy(), thrust::counting_iterator<std::size_t>(0),
+                   thrust::counting_iterator<std::size_t>(chunks),
+                   SwigluBackwardChunk{dgate, dup, dh, gate, up, count});
 }
 
 }  // namespace fragile::model::layers

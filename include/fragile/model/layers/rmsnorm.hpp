@@ -14,7 +14,7 @@ namespace fragile::model::layers {
 /// y = w * x * rstd; writes rstd when non-null.
 inline void rmsnorm_forward(cpu, float* y, float* rstd, const float* x, const float* w,
                             std::size_t n, std::size_t c, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
@@ -32,7 +32,7 @@ inline void rmsnorm_forward(cpu, float* y, float* rstd, const float* x, const fl
 inline void rmsnorm_backward(cpu, float* dx, float* dw, const float* dy, const float* x,
                              const float* w, const float* rstd, std::size_t n, std::size_t c,
                              bool accumulate) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r) {
     const float* xr = x + r * c;
     const float* dyr = dy + r * c;

@@ -71,7 +71,7 @@ namespace detail {
 inline void rope_apply(float* x, const RopeTable& t, std::size_t n, std::size_t seq_len,
                        std::size_t heads, std::size_t d, RopeStyle style, float sign) {
   const std::size_t half = d / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * heads * d >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r) {
     const float* cs = t.cos.data() + (r % seq_len) * half;
     const float* sn = t.sin.data() + (r % seq_len) * half;

@@ -1,0 +1,119 @@
+// Transformer<cpu> throughput on a Qwen2.5-0.5B-shaped model with random weights (hidden 896,
+// intermediate 4864, 24 layers, 14 heads / 2 kv heads, vocab 151936, tied embeddings), one
+// window of T = 512 tokens:
+//   BM_forward_nll       forward + chunked NLL (what perplexity evaluation runs)
+//   BM_forward_backward  forward + loss + backward to every linear layer's g_l, delivered to an
+//                        observer (what a D_l / Fisher capture pass runs)
+// Counters: tokens/s, peak RSS of the process (run one benchmark per process with
+// --benchmark_filter to read its peak) and the f32 weight bytes. The PyTorch peer is
+// tools/bench_runtime_peer.py (same shapes, same thread count).
+//   OMP_NUM_THREADS=2 build/<dir>/bench/bench_model --benchmark_filter=BM_forward_nll
+#include <fragile/model/transformer.hpp>
+
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <memory>
+
+namespace {
+
+using namespace fragile;
+
+constexpr std::size_t kT = 512;
+
+model::ModelConfig qwen05_config() {
+  model::ModelConfig c;
+  c.architecture = model::Architecture::kQwen2;
+  c.hidden_size = 896;
+  c.intermediate_size = 4864;
+  c.num_hidden_layers = 24;
+  c.num_attention_heads = 14;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.vocab_size = 151936;
+  c.max_position_embeddings = 32768;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 1000000.0;
+  c.tie_word_embeddings = true;
+  c.attention_bias = true;
+  return c;
+}
+
+std::size_t weight_count = 0;
+
+const model::Transformer<cpu>& qwen05() {
+  static const auto model = [] {
+    const auto c = qwen05_config();
+    model::NamedTensors w;
+    auto add = [&](const std::string& name, std::size_t n, float scale, float offset) {
+      auto& v = w[name];
+      v.resize(n);
+      Rng rng = Rng(1).fork(w.size());
+      const float a = scale * std::sqrt(3.0f);  // uniform with standard deviation `scale`
+      for (auto& x : v) x = offset + a * (2.0f * rng.uniform_f32() - 1.0f);
+      weight_count += n;
+    };
+    add("model.embed_tokens.weight", c.vocab_size * c.hidden_size, 0.02f, 0.0f);
+    add("model.norm.weight", c.hidden_size, 0.0f, 1.0f);
+    for (std::size_t i = 0; i < c.num_hidden_layers; ++i) {
+      add(fmt::format("model.layers.{}.input_layernorm.weight", i), c.hidden_size, 0.0f, 1.0f);
+      add(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), c.hidden_size, 0.0f, 1.0f);
+      for (auto k : model::kAllLinearKinds) {
+        const auto [out, in] = model::linear_shape(c, k);
+        add(model::linear_name(i, k) + ".weight", out * in, 0.02f, 0.0f);
+        if (k == model::LinearKind::kQ || k == model::LinearKind::kK || k == model::LinearKind::kV)
+          add(model::linear_name(i, k) + ".bias", out, 0.02f, 0.0f);
+      }
+    }
+    return std::make_unique<model::Transformer<cpu>>(c, std::move(w));
+  }();
+  return *model;
+}
+
+std::vector<model::Window> windows() {
+  Rng rng(5);
+  std::vector<model::Window> w(1, model::Window(kT));
+  for (auto& id : w[0]) id = static_cast<std::int32_t>(rng.below(151936));
+  return w;
+}
+
+void set_counters(benchmark::State& state) {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kT * state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+  state.counters["peak_rss_MB"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  state.counters["weights_MB"] = static_cast<double>(weight_count * sizeof(float)) / (1024.0 * 1024.0);
+}
+
+void BM_forward_nll(benchmark::State& state) {
+  const auto& m = qwen05();
+  const auto w = windows();
+  for (auto _ : state) benchmark::DoNotOptimize(m.token_nll(w));
+  set_counters(state);
+}
+BENCHMARK(BM_forward_nll)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+
+/// Touches every g_l (sum of squares, as a Fisher-trace consumer would).
+struct GradientSink {
+  double total = 0.0;
+  model::CaptureNeeds needs() const { return {.g = true}; }
+  void observe(const model::LayerCapture& c) {
+    const std::size_t n = c.rows() * c.layer->out_features;
+    double s = 0.0;
+    for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(c.g[i]) * c.g[i];
+    total += s;
+  }
+};
+
+void BM_forward_backward(benchmark::State& state) {
+  const auto& m = qwen05();
+  const auto w = windows();
+  GradientSink sink;
+  for (auto _ : state) benchmark::DoNotOptimize(m.capture(w, {}, sink));
+  set_counters(state);
+}
+BENCHMARK(BM_forward_backward)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+
+}  // namespace
