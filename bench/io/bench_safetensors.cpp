@@ -3,15 +3,14 @@
 // the same binary as the bandwidth ceiling. "bytes_per_second" counts bytes read plus bytes
 // written, so the rows compare directly. The file is written once to the temp folder; the page
 // cache is warm after the first iteration, so this measures memory, not disk.
-#include "support/harness.hpp"
-
-#include "fragile/io/safetensors.hpp"
-
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <memory>
+
+#include "fragile/io/safetensors.hpp"
+#include "support/harness.hpp"
 
 namespace {
 
@@ -90,8 +89,12 @@ void BM_open_safetensors(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_safetensors_read_f32, bf16, std::string("w.bf16"))->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_safetensors_read_f32, f32, std::string("w.f32"))->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_safetensors_read_f32, bf16, std::string("w.bf16"))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_safetensors_read_f32, f32, std::string("w.f32"))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_convert_bf16_to_f32)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_memcpy_f32)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_open_safetensors)->Unit(benchmark::kMicrosecond)->UseRealTime();

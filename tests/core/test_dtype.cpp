@@ -1,15 +1,14 @@
 // dtype conversions checked exhaustively: every bf16/f16 bit pattern, round to nearest even
 // against an independent reference (nearest representable value computed in double) and against
 // the compiler's own f32 -> _Float16 conversion.
-#include "support/test_data.hpp"
-
-#include "fragile/core/dtype.hpp"
-#include "fragile/core/rng.hpp"
-
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/rng.hpp"
+#include "support/test_data.hpp"
 
 using fragile::DType;
 
@@ -37,7 +36,8 @@ std::uint16_t reference_round(const Format& fmt_, float x) {
   const std::uint16_t sign = std::signbit(x) ? 0x8000 : 0;
   const double a = std::fabs(static_cast<double>(x));
   const auto value = [&](std::uint32_t k) {
-    return k > fmt_.max_finite ? fmt_.beyond_max : static_cast<double>(fmt_.decode(static_cast<std::uint16_t>(k)));
+    return k > fmt_.max_finite ? fmt_.beyond_max
+                               : static_cast<double>(fmt_.decode(static_cast<std::uint16_t>(k)));
   };
   const std::uint16_t inf = static_cast<std::uint16_t>(fmt_.max_finite + 1);
   if (std::isinf(a)) return sign | inf;
@@ -45,7 +45,10 @@ std::uint16_t reference_round(const Format& fmt_, float x) {
   std::uint32_t lo = 0, hi = fmt_.max_finite;
   while (lo < hi) {
     const std::uint32_t mid = (lo + hi + 1) / 2;
-    if (value(mid) <= a) lo = mid; else hi = mid - 1;
+    if (value(mid) <= a)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   const double below = a - value(lo), above = value(lo + 1) - a;
   std::uint32_t k = lo;
@@ -58,7 +61,9 @@ std::uint16_t compiler_f16(float x) {
   const auto h = static_cast<_Float16>(x);
   return std::bit_cast<std::uint16_t>(h);
 }
-float compiler_f16_to_f32(std::uint16_t h) { return static_cast<float>(std::bit_cast<_Float16>(h)); }
+float compiler_f16_to_f32(std::uint16_t h) {
+  return static_cast<float>(std::bit_cast<_Float16>(h));
+}
 #endif
 
 /// Checks one value; reports through Catch only on a mismatch (millions of values are checked).
@@ -137,9 +142,9 @@ TEST_CASE("every f16 pattern round trips through f32 exactly", "[core][dtype]") 
 
 TEST_CASE("f32 -> bf16/f16 rounds to nearest even on crafted values", "[core][dtype]") {
   // bf16 keeps 7 mantissa bits: 1 + 2^-8 is a tie between 1 and 1 + 2^-7.
-  CHECK(fragile::f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80);               // tie -> even (down)
-  CHECK(fragile::f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82);           // tie -> even (up)
-  CHECK(fragile::f32_to_bf16(1.0f + 0x1p-8f + 0x1p-23f) == 0x3f81);    // just above the tie
+  CHECK(fragile::f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80);             // tie -> even (down)
+  CHECK(fragile::f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82);         // tie -> even (up)
+  CHECK(fragile::f32_to_bf16(1.0f + 0x1p-8f + 0x1p-23f) == 0x3f81);  // just above the tie
   CHECK(fragile::f32_to_bf16(from_bits(0x3f80ffff)) == 0x3f81);
   CHECK(fragile::f32_to_bf16(-1.0f - 0x1p-8f) == 0xbf80);
   CHECK(fragile::f32_to_bf16(std::numeric_limits<float>::max()) == 0x7f80);  // rounds to Inf
@@ -161,18 +166,18 @@ TEST_CASE("f32 -> bf16/f16 rounds to nearest even on crafted values", "[core][dt
   CHECK(fragile::f32_to_f16(1.0f + 0x1p-11f + 0x1p-23f) == 0x3c01);
   CHECK(fragile::f32_to_f16(65504.0f) == 0x7bff);
   CHECK(fragile::f32_to_f16(65519.99f) == 0x7bff);
-  CHECK(fragile::f32_to_f16(65520.0f) == 0x7c00);   // the midpoint to 2^16 rounds to Inf
+  CHECK(fragile::f32_to_f16(65520.0f) == 0x7c00);  // the midpoint to 2^16 rounds to Inf
   CHECK(fragile::f32_to_f16(1.0e6f) == 0x7c00);
   CHECK(fragile::f32_to_f16(-1.0e30f) == 0xfc00);
   CHECK(fragile::f32_to_f16(std::numeric_limits<float>::infinity()) == 0x7c00);
   // Subnormals: the f16 ulp there is 2^-24.
   CHECK(fragile::f32_to_f16(0x1p-24f) == 0x0001);
-  CHECK(fragile::f32_to_f16(0x1p-25f) == 0x0000);            // tie -> even (zero)
-  CHECK(fragile::f32_to_f16(3 * 0x1p-25f) == 0x0002);        // tie -> even (up)
+  CHECK(fragile::f32_to_f16(0x1p-25f) == 0x0000);      // tie -> even (zero)
+  CHECK(fragile::f32_to_f16(3 * 0x1p-25f) == 0x0002);  // tie -> even (up)
   CHECK(fragile::f32_to_f16(0x1p-25f + 0x1p-40f) == 0x0001);
   CHECK(fragile::f32_to_f16(1023.5f * 0x1p-24f) == 0x0400);  // largest subnormal tie -> min normal
   CHECK(fragile::f32_to_f16(0x1p-14f) == 0x0400);
-  CHECK(fragile::f32_to_f16(-0x1p-30f) == 0x8000);           // underflow keeps the sign
+  CHECK(fragile::f32_to_f16(-0x1p-30f) == 0x8000);  // underflow keeps the sign
   CHECK(fragile::f32_to_f16(1e-45f) == 0x0000);
   for (std::uint32_t nan : {0x7f800001u, 0xffc00000u, 0x7fbfffffu}) {
     const auto h = fragile::f32_to_f16(from_bits(nan));
@@ -230,15 +235,18 @@ TEST_CASE("array conversions agree with the scalar ones, at any alignment", "[co
   std::memcpy(raw.data() + 1, b.data(), 2 * b.size());
   std::vector<float> out(src.size());
   fragile::convert_to_f32(DType::kBF16, raw.data() + 1, out.data(), out.size());
-  for (std::size_t i = 0; i < src.size(); ++i) REQUIRE(bits(out[i]) == bits(fragile::bf16_to_f32(b[i])));
+  for (std::size_t i = 0; i < src.size(); ++i)
+    REQUIRE(bits(out[i]) == bits(fragile::bf16_to_f32(b[i])));
   std::memcpy(raw.data() + 1, h.data(), 2 * h.size());
   fragile::convert_to_f32(DType::kF16, raw.data() + 1, out.data(), out.size());
-  for (std::size_t i = 0; i < src.size(); ++i) REQUIRE(bits(out[i]) == bits(fragile::f16_to_f32(h[i])));
+  for (std::size_t i = 0; i < src.size(); ++i)
+    REQUIRE(bits(out[i]) == bits(fragile::f16_to_f32(h[i])));
 
   const std::vector<std::int8_t> i8 = {-128, -1, 0, 1, 127};
   const std::vector<std::uint8_t> u8 = {0, 1, 128, 255, 7};
   fragile::convert_to_f32(DType::kI8, i8.data(), out.data(), i8.size());
-  CHECK(std::vector<float>(out.begin(), out.begin() + 5) == std::vector<float>{-128, -1, 0, 1, 127});
+  CHECK(std::vector<float>(out.begin(), out.begin() + 5) ==
+        std::vector<float>{-128, -1, 0, 1, 127});
   fragile::convert_to_f32(DType::kU8, u8.data(), out.data(), u8.size());
   CHECK(std::vector<float>(out.begin(), out.begin() + 5) == std::vector<float>{0, 1, 128, 255, 7});
   fragile::convert_to_f32(DType::kF32, src.data(), out.data(), src.size());

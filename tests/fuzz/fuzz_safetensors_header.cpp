@@ -1,10 +1,10 @@
 // libFuzzer target for the safetensors header parser: any byte string must either parse or throw
 // a fragile::Error, never crash, leak or trip ASan/UBSan. Seeds: tests/fuzz/corpus/safetensors/.
 //   build/fuzz/tests/fuzz/fuzz_safetensors_header -max_total_time=60 tests/fuzz/corpus/safetensors
-#include "fragile/io/safetensors.hpp"
-
 #include <cstddef>
 #include <cstdint>
+
+#include "fragile/io/safetensors.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), size);

@@ -1,18 +1,17 @@
 // Deliberately broken safetensors files and shard indexes, generated into a scratch folder: each
 // must raise fragile::IoError carrying its documented key phrase and the file's name (and never
 // UB: this suite also runs under ASan/UBSan).
-#include "support/test_data.hpp"
-
-#include "fragile/io/safetensors.hpp"
-
 #include <cstring>
 #include <fstream>
 
+#include "fragile/io/safetensors.hpp"
+#include "support/test_data.hpp"
+
+using Catch::Contains;
 using fragile::DType;
 using fragile::IoError;
 using fragile::io::open_safetensors;
 using fragile::io::parse_safetensors_header;
-using Catch::Contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -57,9 +56,9 @@ std::string entry(const std::string& name, const std::string& dtype, const std::
 
 /// A valid two-tensor file (a: F32 [2] at [0,8], b: BF16 [3] at [8,14]).
 std::string valid_file() {
-  return file_with(
-      fmt::format("{{{},{}}}", entry("a", "F32", "[2]", "[0,8]"), entry("b", "BF16", "[3]", "[8,14]")),
-      14);
+  return file_with(fmt::format("{{{},{}}}", entry("a", "F32", "[2]", "[0,8]"),
+                               entry("b", "BF16", "[3]", "[8,14]")),
+                   14);
 }
 
 }  // namespace
@@ -78,7 +77,8 @@ TEST_CASE("broken safetensors files raise IoError with the documented message",
                 "end beyond the data section");
   expect_broken(dir, "truncated_header.safetensors", valid.substr(0, 20),
                 "runs past the end of the file");
-  expect_broken(dir, "length_beyond.safetensors", le64(1000) + "{}", "runs past the end of the file");
+  expect_broken(dir, "length_beyond.safetensors", le64(1000) + "{}",
+                "runs past the end of the file");
   expect_broken(dir, "length_huge.safetensors", le64(~std::uint64_t{0}) + "{}",
                 "exceeds the limit");
   expect_broken(dir, "length_zero.safetensors", le64(0) + "{}", "too small");
@@ -86,8 +86,7 @@ TEST_CASE("broken safetensors files raise IoError with the documented message",
                 "header is not valid JSON");
   expect_broken(dir, "bad_utf8.safetensors", file_with("{\"\xff\xfe\":{}}", 0),
                 "header is not valid JSON");
-  expect_broken(dir, "json_array.safetensors", file_with("[1, 2]", 0),
-                "expected a JSON object");
+  expect_broken(dir, "json_array.safetensors", file_with("[1, 2]", 0), "expected a JSON object");
   expect_broken(dir, "json_number.safetensors", file_with("42", 0), "expected a JSON object");
   expect_broken(dir, "unknown_dtype.safetensors",
                 file_with("{" + entry("w", "Q4", "[2]", "[0,2]") + "}", 2),
@@ -157,16 +156,15 @@ TEST_CASE("broken safetensors files raise IoError with the documented message",
   expect_broken(dir, "metadata_not_strings.safetensors",
                 file_with(R"({"__metadata__":{"format":"pt","n":3}})", 0),
                 "must map strings to strings");
-  expect_broken(dir, "metadata_not_object.safetensors",
-                file_with(R"({"__metadata__":"pt"})", 0), "expected a string map");
+  expect_broken(dir, "metadata_not_object.safetensors", file_with(R"({"__metadata__":"pt"})", 0),
+                "expected a string map");
 }
 
 TEST_CASE("broken sharded checkpoints raise IoError with the documented message",
           "[io][safetensors][broken]") {
   const auto dir = fragile::test::scratch_dir("broken_shards");
   write_bytes(dir / "s1.safetensors", valid_file());  // a, b
-  write_bytes(dir / "s2.safetensors",
-              file_with("{" + entry("c", "U8", "[4]", "[0,4]") + "}", 4));
+  write_bytes(dir / "s2.safetensors", file_with("{" + entry("c", "U8", "[4]", "[0,4]") + "}", 4));
 
   auto index = [&](const std::string& name, const std::string& text) {
     write_bytes(dir / name, text);
@@ -185,7 +183,8 @@ TEST_CASE("broken sharded checkpoints raise IoError with the documented message"
 
   check(index("missing_shard.index.json",
               R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors","c":"s9.safetensors"}})"),
-        "shard '" + (dir / "s9.safetensors").string() + "' named in the index (for tensor 'c') is missing");
+        "shard '" + (dir / "s9.safetensors").string() +
+            "' named in the index (for tensor 'c') is missing");
   check(index("absent_tensor.index.json",
               R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors","z":"s1.safetensors",)"
               R"("c":"s2.safetensors"}})"),
@@ -231,7 +230,8 @@ TEST_CASE("a folder prefers model.safetensors.index.json over model.safetensors"
   const std::vector<float> v = {1.0f, 2.0f};
   w.add("single", DType::kF32, {2}, v);
   w.write(dir / "model.safetensors");
-  write_bytes(dir / "shard.safetensors", file_with("{" + entry("c", "U8", "[4]", "[0,4]") + "}", 4));
+  write_bytes(dir / "shard.safetensors",
+              file_with("{" + entry("c", "U8", "[4]", "[0,4]") + "}", 4));
   write_bytes(dir / "model.safetensors.index.json", R"({"weight_map":{"c":"shard.safetensors"}})");
   CHECK(open_safetensors(dir).names() == std::vector<std::string>{"c"});
   fs::remove(dir / "model.safetensors.index.json");

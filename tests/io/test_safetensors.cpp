@@ -1,16 +1,14 @@
 // safetensors reader/writer: round trips for every dtype, shards, exact upcasts, and golden files
 // written by the reference Python package (tools/make_safetensors_fixtures.py).
-#include "support/test_data.hpp"
-
-#include "fragile/io/safetensors.hpp"
-
-#include <nlohmann/json.hpp>
-
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "fragile/io/safetensors.hpp"
+#include "support/test_data.hpp"
 
 using fragile::DType;
 using fragile::io::open_safetensors;
@@ -29,7 +27,8 @@ std::vector<std::byte> to_bytes(const void* p, std::size_t n) {
 std::vector<float> ramp(std::size_t n, float scale) {
   std::vector<float> v(n);
   for (std::size_t i = 0; i < n; ++i)
-    v[i] = scale * (static_cast<float>(i) - static_cast<float>(n) / 3.0f) + 0.001f * static_cast<float>(i % 7);
+    v[i] = scale * (static_cast<float>(i) - static_cast<float>(n) / 3.0f) +
+           0.001f * static_cast<float>(i % 7);
   return v;
 }
 
@@ -136,9 +135,8 @@ TEST_CASE("safetensors writer rejects bad arguments", "[io][safetensors]") {
   CHECK_THROWS_AS(w.add("__metadata__", DType::kF32, {6}, v), fragile::ArgumentError);
   CHECK_THROWS_AS(w.add_raw("r", DType::kBF16, {3}, std::vector<std::byte>(5)),
                   fragile::ShapeError);
-  CHECK_THROWS_AS(
-      w.add("huge", DType::kF32, {std::size_t{1} << 40, std::size_t{1} << 40}, v),
-      fragile::ShapeError);
+  CHECK_THROWS_AS(w.add("huge", DType::kF32, {std::size_t{1} << 40, std::size_t{1} << 40}, v),
+                  fragile::ShapeError);
   CHECK_THROWS_AS(w.write_sharded(fragile::test::scratch_dir("st_bad_args"), 0),
                   fragile::ArgumentError);
   w.add("bad\xff\xfeutf8", DType::kF32, {6}, v);
@@ -204,11 +202,11 @@ TEST_CASE("safetensors sharded round trip", "[io][safetensors]") {
 TEST_CASE("safetensors upcast of bf16 and f16 is exact on known values", "[io][safetensors]") {
   // (stored bits, exact value)
   const std::vector<std::pair<std::uint16_t, float>> bf16 = {
-      {0x3f80, 1.0f},      {0xc020, -2.5f},       {0x4049, 3.140625f},
-      {0x0000, 0.0f},      {0x8000, -0.0f},       {0x7f7f, 0x1.fep127f},
-      {0x0080, 0x1p-126f}, {0x0001, 0x1p-133f},   {0x3c00, 0.0078125f}};
+      {0x3f80, 1.0f},      {0xc020, -2.5f},     {0x4049, 3.140625f},
+      {0x0000, 0.0f},      {0x8000, -0.0f},     {0x7f7f, 0x1.fep127f},
+      {0x0080, 0x1p-126f}, {0x0001, 0x1p-133f}, {0x3c00, 0.0078125f}};
   const std::vector<std::pair<std::uint16_t, float>> f16 = {
-      {0x3c00, 1.0f},     {0xc000, -2.0f},     {0x7bff, 65504.0f},  {0x0400, 0x1p-14f},
+      {0x3c00, 1.0f},     {0xc000, -2.0f},      {0x7bff, 65504.0f},    {0x0400, 0x1p-14f},
       {0x0001, 0x1p-24f}, {0x03ff, 0x3ffp-24f}, {0x3555, 0x1.554p-2f}, {0x8001, -0x1p-24f}};
   const auto dir = fragile::test::scratch_dir("safetensors_upcast");
   SafetensorsWriter w;

@@ -9,15 +9,8 @@
 // without holes. The files stay mmapped inside the returned TensorStore.
 #pragma once
 
-#include "fragile/core/dtype.hpp"
-#include "fragile/core/error.hpp"
-#include "fragile/core/mapped_file.hpp"
-#include "fragile/io/tensor_store.hpp"
-
 #include <fcntl.h>
 #include <unistd.h>
-
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
@@ -30,6 +23,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <span>
 #include <sstream>
@@ -38,6 +32,11 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/error.hpp"
+#include "fragile/core/mapped_file.hpp"
+#include "fragile/io/tensor_store.hpp"
 
 namespace fragile::io {
 
@@ -60,8 +59,8 @@ namespace detail {
 /// dtypes the safetensors format defines that fragile does not read.
 inline bool is_other_safetensors_dtype(std::string_view name) {
   static constexpr std::array<std::string_view, 15> kOther = {
-      "BOOL", "U16", "I16", "U32", "I32", "U64", "I64", "F64", "F8_E4M3", "F8_E5M2",
-      "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"};
+      "BOOL",    "U16",     "I16",     "U32", "I32",     "U64",     "I64", "F64",
+      "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
   return std::find(kOther.begin(), kOther.end(), name) != kOther.end();
 }
 
@@ -100,8 +99,8 @@ inline TensorInfo parse_tensor_entry(const std::string& name, const nlohmann::js
 
   auto dt = entry.find("dtype");
   require<IoError>(dt != entry.end(), "{}: tensor '{}': missing field 'dtype'", what, name);
-  require<IoError>(dt->is_string(), "{}: tensor '{}': 'dtype' is {}, expected a string", what,
-                   name, json_kind(*dt));
+  require<IoError>(dt->is_string(), "{}: tensor '{}': 'dtype' is {}, expected a string", what, name,
+                   json_kind(*dt));
   const auto& dname = dt->get_ref<const std::string&>();
   if (is_other_safetensors_dtype(dname))
     raise<IoError>(
@@ -112,13 +111,13 @@ inline TensorInfo parse_tensor_entry(const std::string& name, const nlohmann::js
 
   auto sh = entry.find("shape");
   require<IoError>(sh != entry.end(), "{}: tensor '{}': missing field 'shape'", what, name);
-  require<IoError>(sh->is_array(), "{}: tensor '{}': 'shape' is {}, expected an array", what,
-                   name, json_kind(*sh));
+  require<IoError>(sh->is_array(), "{}: tensor '{}': 'shape' is {}, expected an array", what, name,
+                   json_kind(*sh));
   for (std::size_t k = 0; k < sh->size(); ++k) {
     const auto& d = (*sh)[k];
     require<IoError>(d.is_number_unsigned(),
-                     "{}: tensor '{}': shape entry {} is {}, expected a non-negative integer",
-                     what, name, k, json_kind(d));
+                     "{}: tensor '{}': shape entry {} is {}, expected a non-negative integer", what,
+                     name, k, json_kind(d));
     const auto v = d.get<std::uint64_t>();
     require<IoError>(v <= std::numeric_limits<std::size_t>::max(),
                      "{}: tensor '{}': shape entry {} is {}, too large", what, name, k, v);
@@ -130,12 +129,11 @@ inline TensorInfo parse_tensor_entry(const std::string& name, const nlohmann::js
                    shape_string(info.shape), dtype_size(info.dtype));
 
   auto off = entry.find("data_offsets");
-  require<IoError>(off != entry.end(), "{}: tensor '{}': missing field 'data_offsets'", what,
-                   name);
+  require<IoError>(off != entry.end(), "{}: tensor '{}': missing field 'data_offsets'", what, name);
   require<IoError>(off->is_array() && off->size() == 2,
                    "{}: tensor '{}': 'data_offsets' is {}, expected an array [begin, end]", what,
-                   name, off->is_array() ? fmt::format("an array of {}", off->size())
-                                         : json_kind(*off));
+                   name,
+                   off->is_array() ? fmt::format("an array of {}", off->size()) : json_kind(*off));
   for (std::size_t k = 0; k < 2; ++k)
     require<IoError>((*off)[k].is_number_unsigned(),
                      "{}: tensor '{}': data_offsets[{}] is {}, expected a non-negative integer",
@@ -216,8 +214,7 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
     if (begin < pos)
       raise<IoError>(
           "{}: tensor '{}' (data_offsets [{}, {}]) overlaps tensor '{}' (data_offsets [{}, {}])",
-          what, t.name, begin, begin + t.nbytes, prev->name, prev->offset - out.data_offset,
-          pos);
+          what, t.name, begin, begin + t.nbytes, prev->name, prev->offset - out.data_offset, pos);
     if (begin > pos)
       raise<IoError>(
           "{}: hole in the data section: bytes [{}, {}) belong to no tensor (next tensor '{}')",
@@ -283,11 +280,12 @@ inline TensorStore open_safetensors_index(const std::filesystem::path& index_pat
                      where, tensor, json_kind(shard));
     const auto& s = shard.get_ref<const std::string&>();
     const std::filesystem::path sp(s);
-    require<IoError>(!s.empty() && sp.is_relative() &&
-                         std::none_of(sp.begin(), sp.end(), [](const auto& c) { return c == ".."; }),
-                     "{}: weight_map entry '{}' names shard '{}', expected a file name relative "
-                     "to the index's folder",
-                     where, tensor, s);
+    require<IoError>(
+        !s.empty() && sp.is_relative() &&
+            std::none_of(sp.begin(), sp.end(), [](const auto& c) { return c == ".."; }),
+        "{}: weight_map entry '{}' names shard '{}', expected a file name relative "
+        "to the index's folder",
+        where, tensor, s);
     shards[s].insert(tensor);
     shard_of.emplace(tensor, s);
   }
@@ -317,8 +315,9 @@ inline TensorStore open_safetensors_index(const std::filesystem::path& index_pat
     std::set<std::string> found;
     for (auto info : header.tensors) {
       auto it = shard_of.find(info.name);
-      require<IoError>(it != shard_of.end(), "{}: tensor '{}' in shard '{}' is not listed in the index",
-                       where, info.name, shard);
+      require<IoError>(it != shard_of.end(),
+                       "{}: tensor '{}' in shard '{}' is not listed in the index", where, info.name,
+                       shard);
       require<IoError>(it->second == shard,
                        "{}: tensor '{}' is in shard '{}' but the index names shard '{}'", where,
                        info.name, shard, it->second);
@@ -348,7 +347,8 @@ inline TensorStore open_safetensors(const std::filesystem::path& p) {
   if (fs::is_directory(p)) {
     if (fs::is_regular_file(p / kSafetensorsIndexName))
       return detail::open_safetensors_index(p / kSafetensorsIndexName);
-    if (fs::is_regular_file(p / "model.safetensors")) return open_safetensors(p / "model.safetensors");
+    if (fs::is_regular_file(p / "model.safetensors"))
+      return open_safetensors(p / "model.safetensors");
     std::vector<fs::path> indices, files;
     for (const auto& e : fs::directory_iterator(p)) {
       if (!e.is_regular_file()) continue;
@@ -357,8 +357,10 @@ inline TensorStore open_safetensors(const std::filesystem::path& p) {
       if (detail::ends_with(name, ".safetensors")) files.push_back(e.path());
     }
     if (indices.size() == 1) return detail::open_safetensors_index(indices.front());
-    require<IoError>(indices.empty(), "safetensors: '{}' holds {} *.safetensors.index.json files, "
-                     "cannot tell which to open", p.string(), indices.size());
+    require<IoError>(indices.empty(),
+                     "safetensors: '{}' holds {} *.safetensors.index.json files, "
+                     "cannot tell which to open",
+                     p.string(), indices.size());
     require<IoError>(files.size() == 1,
                      "safetensors: '{}' holds no {} or model.safetensors and {} *.safetensors "
                      "files (expected exactly one)",
@@ -511,11 +513,16 @@ class SafetensorsWriter {
     // one itemsize puts BF16 before F16 and I8 before U8; then by name.
     const auto rank = [](DType t) {
       switch (t) {
-        case DType::kF32: return 5;
-        case DType::kBF16: return 4;
-        case DType::kF16: return 3;
-        case DType::kI8: return 2;
-        case DType::kU8: return 1;
+        case DType::kF32:
+          return 5;
+        case DType::kBF16:
+          return 4;
+        case DType::kF16:
+          return 3;
+        case DType::kI8:
+          return 2;
+        case DType::kU8:
+          return 1;
       }
       return 0;
     };
@@ -540,9 +547,10 @@ class SafetensorsWriter {
     try {
       text = header.dump();
     } catch (const nlohmann::json::exception& e) {
-      raise<ArgumentError>("SafetensorsWriter: cannot write '{}': tensor names and metadata must "
-                           "be valid UTF-8 ({})",
-                           path.string(), e.what());
+      raise<ArgumentError>(
+          "SafetensorsWriter: cannot write '{}': tensor names and metadata must "
+          "be valid UTF-8 ({})",
+          path.string(), e.what());
     }
     text.append((8 - text.size() % 8) % 8, ' ');
     std::vector<std::byte> out(8 + text.size() + pos);
@@ -560,7 +568,8 @@ class SafetensorsWriter {
 
   /// Writes `bytes` to a temporary file next to `path`, flushes it and renames it over `path`,
   /// so readers never see a partial file.
-  static void write_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+  static void write_atomically(const std::filesystem::path& path,
+                               std::span<const std::byte> bytes) {
     static std::atomic<unsigned> counter{0};
     auto tmp = path;
     tmp += fmt::format(".tmp.{}.{}", ::getpid(), counter++);

@@ -5,15 +5,7 @@
 // (file, byte range, dtype, shape) entry, and `load_f32` upcasts on demand.
 #pragma once
 
-#include "fragile/core/dtype.hpp"
-#include "fragile/core/error.hpp"
-#include "fragile/core/mapped_file.hpp"
-
 #include <fmt/ranges.h>
-
-#include <xtensor/xadapt.hpp>
-#include <xtensor/xarray.hpp>
-#include <xtensor/xtensor.hpp>
 
 #include <algorithm>
 #include <array>
@@ -26,6 +18,13 @@
 #include <span>
 #include <string>
 #include <vector>
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xarray.hpp>
+#include <xtensor/xtensor.hpp>
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/error.hpp"
+#include "fragile/core/mapped_file.hpp"
 
 namespace fragile::io {
 
@@ -69,12 +68,12 @@ class TensorStore {
     std::size_t expected = dtype_size(info.dtype);
     for (auto d : info.shape)
       require<IoError>(!__builtin_mul_overflow(expected, d, &expected),
-                       "{}: tensor '{}' has shape {}, whose byte size overflows",
-                       f.path().string(), info.name, shape_string(info.shape));
+                       "{}: tensor '{}' has shape {}, whose byte size overflows", f.path().string(),
+                       info.name, shape_string(info.shape));
     require<IoError>(info.nbytes == expected,
                      "{}: tensor '{}' ({} {}) needs {} bytes, its byte range holds {}",
-                     f.path().string(), info.name, dtype_name(info.dtype),
-                     shape_string(info.shape), expected, info.nbytes);
+                     f.path().string(), info.name, dtype_name(info.dtype), shape_string(info.shape),
+                     expected, info.nbytes);
     require<IoError>(info.offset <= f.size() && info.nbytes <= f.size() - info.offset,
                      "{}: tensor '{}' ends at byte {}, file has {}", f.path().string(), info.name,
                      info.offset + info.nbytes, f.size());
@@ -91,8 +90,7 @@ class TensorStore {
   /// Number of mapped files (shards) and each one's mapping.
   [[nodiscard]] std::size_t file_count() const noexcept { return files_.size(); }
   [[nodiscard]] const MappedFile& file(std::size_t i) const {
-    require<ArgumentError>(i < files_.size(), "{}: file #{} of {}", description_, i,
-                           files_.size());
+    require<ArgumentError>(i < files_.size(), "{}: file #{} of {}", description_, i, files_.size());
     return *files_[i];
   }
   [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
