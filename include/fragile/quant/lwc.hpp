@@ -7,7 +7,9 @@
 // weight decay 0 by default) on the layer-output MSE mean((W^ - W) x)^2 over seeded shuffled token
 // batches, `epochs` passes; round() uses a straight-through estimator, the zero point carries no
 // gradient (OmniQuant rounds it outside the graph). The range includes 0 (GPTQ's convention) so
-// the zero point always fits in `bits` bits.
+// the zero point always fits in `bits` bits. With `keep_best` (default) the clip factors with the
+// lowest full-calibration-set output MSE seen at the start or after any epoch are returned
+// (OmniQuant returns the last epoch's; the straight-through gradient can overshoot).
 // ClipRatioSearch (AWQ auto_clip): per (row, group) try the range p [xmin, xmax],
 // p = 1 - i/grid for i < max_shrink * grid, and keep the p with the lowest output error of that
 // group's contribution, mean_t ((W^_g - W_g) . x_t,g)^2.
@@ -89,6 +91,7 @@ struct Lwc {
   double weight_decay = 0.0;
   double init = 4.0;  // initial clip logit (sigmoid(4) = 0.982)
   std::uint64_t seed = 0;
+  bool keep_best = true;
 
   struct State {
     MatrixF w;
@@ -187,11 +190,25 @@ struct Lwc {
     const double per_output = 1.0 / static_cast<double>(w.rows());
     st.initial_objective = finish(st, spec, obj).loss * per_output;
     Rng rng(seed);
+    double best = st.initial_objective;
+    Eigen::ArrayXXf best_up = st.up, best_low = st.low;
     for (int e = 0; e < epochs; ++e) {
       double sum = 0.0;
       const auto batches = detail::epoch_batches(obj.tokens(), batch_tokens, rng);
       for (const auto& b : batches) sum += step(st, spec, obj, b);
       st.epoch_loss.push_back(sum / static_cast<double>(batches.size()));
+      if (keep_best) {
+        const double now = finish(st, spec, obj).loss * per_output;
+        if (now < best) {
+          best = now;
+          best_up = st.up;
+          best_low = st.low;
+        }
+      }
+    }
+    if (keep_best) {
+      st.up = best_up;
+      st.low = best_low;
     }
     QuantizedWeight q = finish(st, spec, obj);
     st.final_objective = q.loss * per_output;
