@@ -1,7 +1,10 @@
 // BinarySplit: paper 000's allocation shootout (Sec. 3). Rank layers by any per-layer metric
 // (Fisher trace, D_l, ...); the top `fraction` get the option whose value is `hi` and the rest
 // the option whose value is `lo`. Protect::kHighest is the "Fisher-gated" allocation (protect
-// high-metric layers), Protect::kLowest the "inverse" one (protect low-metric layers).
+// high-metric layers), Protect::kLowest the "inverse" one (protect low-metric layers). Paper
+// 000's two arms at a 3-bit average: {fraction 0.2, kHighest, hi 4, lo 3} (Fisher-gated) and
+// {fraction 0.8, kLowest, hi 4, lo 3} (inverse: the top 20% by Fisher get 3 bits "or lower"),
+// both brought to the budget by the adjustment below.
 //
 // Ranking: by the metric (descending for kHighest, ascending for kLowest), ties by layer index;
 // the protected count is round(fraction x layers) (halves round up).
