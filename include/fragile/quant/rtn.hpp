@@ -34,7 +34,8 @@ namespace fragile::quant {
 /// larger |v| are already integers. Written this way so the RTN loop vectorizes.
 inline float round_half_even(float v) noexcept {
   constexpr float kMagic = 0x1.8p23f;
-  return std::fabs(v) < 0x1p22f ? (v + kMagic) - kMagic : v;
+  const float r = (v + kMagic) - kMagic;
+  return std::fabs(v) < 0x1p22f ? r : v;
 }
 
 namespace detail {
@@ -58,7 +59,9 @@ struct GridParams {
 
 /// Code of x on a grid (as float, in 0..maxq).
 inline float quantize_code(float x, float scale, float zero, float maxq) noexcept {
-  return std::clamp(round_half_even(x / scale) + zero, 0.0f, maxq);
+  const float c = round_half_even(x / scale) + zero;
+  const float lo = c < 0.0f ? 0.0f : c;  // selects, not branches: the loops vectorize
+  return lo > maxq ? maxq : lo;
 }
 inline float quantize_value(float x, float scale, float zero, float maxq) noexcept {
   return scale * (quantize_code(x, scale, zero, maxq) - zero);
@@ -131,23 +134,29 @@ inline QuantizedWeight rtn_quantize(WeightRef w, const QuantSpec& spec) {
 #pragma omp parallel reduction(+ : sse) if (w.rows() * w.cols() > (1 << 14))
   {
     std::vector<std::uint8_t> row_codes(static_cast<std::size_t>(w.cols()));
-    std::vector<float> row_values(static_cast<std::size_t>(groups.group_size));
+    Eigen::ArrayXf code(groups.group_size);
 #pragma omp for schedule(static)
     for (Index r = 0; r < w.rows(); ++r) {
       const float* x = w.row(r).data();
-      float row_err = 0.0f;
+      double row_err = 0.0;
       for (Index g = 0; g < groups.num_groups; ++g) {
         const Index b = groups.begin(g), n = groups.width(g);
-        const GridParams p = find_params(x + b, n, spec);
+        const Eigen::Map<const Eigen::ArrayXf> xg(x + b, n);
+        GridParams p;
+        if (spec.clip == ClipSearch::kNone) {
+          p = grid_from_range(std::min(xg.minCoeff(), 0.0f), std::max(xg.maxCoeff(), 0.0f), spec);
+        } else {
+          p = find_params(x + b, n, spec);
+        }
         q.scales(r, g) = p.scale;
         q.zeros(r, g) = p.zero;
+        // Eigen's packet rint (round half to even in the default rounding mode), min and max
+        // vectorize where scalar selects on floats do not (-ftrapping-math).
+        code.head(n) = ((xg / p.scale).rint() + p.zero).max(0.0f).min(maxq);
+        const float* cf = code.data();
         std::uint8_t* codes = row_codes.data() + b;
-        for (Index c = 0; c < n; ++c) {
-          const float code = quantize_code(x[b + c], p.scale, p.zero, maxq);
-          codes[c] = static_cast<std::uint8_t>(code);
-          const float d = p.scale * (code - p.zero) - x[b + c];
-          row_err += d * d;
-        }
+        for (Index c = 0; c < n; ++c) codes[c] = static_cast<std::uint8_t>(cf[c]);
+        row_err += static_cast<double>(((code.head(n) - p.zero) * p.scale - xg).square().sum());
       }
       q.codes.pack_row(r, row_codes.data());
       sse += row_err;
