@@ -6,6 +6,7 @@
 #include "quant_test_support.hpp"
 
 #include <fragile/quant/adaround.hpp>
+#include <fragile/quant/gptq.hpp>
 #include <fragile/quant/hybrid.hpp>
 #include <fragile/quant/lwc.hpp>
 #include <fragile/quant/rtn.hpp>
@@ -260,4 +261,21 @@ TEST_CASE("Channel split AdaRound(3) + LWC(2) beats LWC(2) alone on important ch
   CHECK(q.loss < layer.rtn_error(spec));
   CHECK(q.bits_per_weight() > base.bits_per_weight());
   CHECK(q.high_channels.size() == 13);  // round(0.1 * 128)
+}
+
+TEST_CASE("Channel split composes GPTQ (high) with RTN (normal)", "[quant][hybrid]") {
+  const Layer layer;
+  const Eigen::VectorXf energy = layer.x.colwise().squaredNorm().transpose();
+  const std::vector<float> imp(energy.data(), energy.data() + energy.size());
+  LayerCapture cap = layer.capture();
+  cap.with_channel_importance(imp);
+  ChannelSplit<Gptq, Rtn> split;
+  split.ratio = 0.2;
+  split.high_bits = 4;
+  const auto q = split.quantize(layer.w, spec_of(2, 32), cap);
+  CHECK(q.high_channels.size() == 26);  // round(0.2 * 128)
+  CHECK(q.high.bits == 4);
+  CHECK(q.normal.bits == 2);
+  CHECK(q.loss < layer.rtn_error(spec_of(2, 32)));
+  CHECK(q.loss == Approx(output_error(layer.w, q.dequantize(), layer.x)).epsilon(1e-5));
 }
