@@ -9,6 +9,10 @@
 #include "fragile/core/rng.hpp"
 #include "fragile/core/tensor.hpp"
 
+// backends
+#include "fragile/backend/backend.hpp"
+#include "fragile/backend/cpu.hpp"
+
 // io: checkpoints, configs, tokenizers, text
 #include "fragile/io/hf_config.hpp"
 #include "fragile/io/llama2c.hpp"
@@ -17,15 +21,40 @@
 #include "fragile/io/tensor_store.hpp"
 #include "fragile/io/text.hpp"
 #include "fragile/io/tokenizer/tokenizer.hpp"
+#include "fragile/io/utf8.hpp"
 
 // data: evaluation and calibration windows
 #include "fragile/data/windows.hpp"
 
-// model description
+// model: description, runtime (forward, backward, capture), evaluation
+#include "fragile/eval/divergence.hpp"
+#include "fragile/eval/perplexity.hpp"
+#include "fragile/model/capture.hpp"
 #include "fragile/model/config.hpp"
+#include "fragile/model/transformer.hpp"
 
-// sensitivity, statistics, studies
+// quantizers
+#include "fragile/quant/adaround.hpp"
+#include "fragile/quant/gptq.hpp"
+#include "fragile/quant/hybrid.hpp"
+#include "fragile/quant/lwc.hpp"
+#include "fragile/quant/quantizer.hpp"
+#include "fragile/quant/result.hpp"
+#include "fragile/quant/rtn.hpp"
+#include "fragile/quant/spec.hpp"
+
+// sensitivity and allocation
+#include "fragile/alloc/allocator.hpp"
+#include "fragile/alloc/assignment.hpp"
+#include "fragile/alloc/binary_split.hpp"
+#include "fragile/alloc/block_qp.hpp"
+#include "fragile/alloc/budget.hpp"
+#include "fragile/alloc/greedy_marginal.hpp"
+#include "fragile/alloc/mckp.hpp"
 #include "fragile/sensitivity/nsds.hpp"
+#include "fragile/sensitivity/table.hpp"
+
+// statistics and studies
 #include "fragile/stats/bootstrap.hpp"
 #include "fragile/stats/correlation.hpp"
 #include "fragile/study/progress.hpp"
