@@ -91,7 +91,7 @@ TEST_CASE("runtime capture: what the observers declare drives the pass", "[model
   CHECK(both.scored == 9);
   CHECK(both.order.front() == m.linears().size() - 1);  // backward: down_proj of the last block
   for (const auto& li : m.linears()) {
-    CHECK(max_abs_diff(both.x[li.index], fwd.x[li.index]) == 0.0);  // same x either way
+    CHECK(max_abs_diff(both.x[li.index], fwd.x[li.index]) <= 1e-6);  // same x (to rounding)
     // Data labels: the last position of each window has no loss term, so its g row is zero.
     const auto& g = both.g[li.index];
     const std::size_t out = li.out_features;
@@ -156,7 +156,10 @@ TEST_CASE("runtime capture: labels sampled from the model", "[model][runtime][ca
   m.capture(windows, opt, b);
   CHECK(sa.scored_tokens == 16);
   CHECK(a.scored == 8);
-  for (const auto& [l, g] : a.g) CHECK(max_abs_diff(g, b.g[l]) == 0.0);  // same seed, same g
+  // Same seed, same labels, same g. Two runs agree to float rounding, not bit for bit: Eigen's
+  // vectorised reductions peel to the runtime alignment of heap buffers. A different label
+  // would move g by O(1e-2), far above this tolerance.
+  for (const auto& [l, g] : a.g) CHECK(max_abs_diff(g, b.g[l]) <= 1e-6);
   opt.seed = 6;
   m.capture(windows, opt, c);
   double diff = 0.0;
@@ -220,7 +223,7 @@ TEST_CASE("runtime overrides: replace weights without copying the model", "[mode
   const auto& li = m.linear("model.layers.1.mlp.up_proj");
   const auto fp = m.weight(li.index);
   ov.set(li.index, fp, li.out_features, li.in_features);  // the FP weights themselves
-  CHECK(max_abs_diff(m.logits(windows, &ov), base) == 0.0);
+  CHECK(max_abs_diff(m.logits(windows, &ov), base) <= 1e-6);  // to rounding: see above
 
   std::vector<float> changed(fp.begin(), fp.end());
   for (auto& v : changed) v = std::round(v * 4.0f) / 4.0f;  // a crude "quantizer"
@@ -230,9 +233,9 @@ TEST_CASE("runtime overrides: replace weights without copying the model", "[mode
   // Same as a model loaded with that weight.
   w["model.layers.1.mlp.up_proj.weight"] = changed;
   const model::Transformer<cpu> m2(c, w);
-  CHECK(max_abs_diff(m2.logits(windows), with) == 0.0);
+  CHECK(max_abs_diff(m2.logits(windows), with) <= 1e-6);
   ov.erase(li.index);
-  CHECK(max_abs_diff(m.logits(windows, &ov), base) == 0.0);
+  CHECK(max_abs_diff(m.logits(windows, &ov), base) <= 1e-6);  // to rounding: see above
 
   require_message<ShapeError>([&] { ov.set(li.index, changed, li.in_features, li.out_features); },
                               "'model.layers.1.mlp.up_proj': weight is [16, 24], the layer needs [24, 16]");
@@ -260,7 +263,7 @@ TEST_CASE("runtime loading: safetensors f32 and bf16, NaN detection", "[model][r
 
   write(dir / "f32.safetensors", DType::kF32, w);
   const model::Transformer<cpu> f32(c, io::open_safetensors(dir / "f32.safetensors"));
-  CHECK(max_abs_diff(f32.logits(windows), mem.logits(windows)) == 0.0);
+  CHECK(max_abs_diff(f32.logits(windows), mem.logits(windows)) <= 1e-6);
 
   // bf16 on disk: upcast once at load, equal to a model built from the bf16-rounded values.
   write(dir / "bf16.safetensors", DType::kBF16, w);
@@ -268,7 +271,7 @@ TEST_CASE("runtime loading: safetensors f32 and bf16, NaN detection", "[model][r
   for (auto& [name, v] : rounded)
     for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
   const model::Transformer<cpu> bf(c, io::open_safetensors(dir / "bf16.safetensors"));
-  CHECK(max_abs_diff(bf.logits(windows), model::Transformer<cpu>(c, rounded).logits(windows)) == 0.0);
+  CHECK(max_abs_diff(bf.logits(windows), model::Transformer<cpu>(c, rounded).logits(windows)) <= 1e-6);
 
   auto bad = w;
   bad["model.layers.1.self_attn.k_proj.weight"][3] = std::numeric_limits<float>::quiet_NaN();
