@@ -67,9 +67,10 @@ inline float quantize_value(float x, float scale, float zero, float maxq) noexce
   return scale * (quantize_code(x, scale, zero, maxq) - zero);
 }
 
-/// Min-max grid of a range [xmin, xmax] (xmin <= 0 <= xmax), GPTQ conventions.
-inline GridParams grid_from_range(float xmin, float xmax, const QuantSpec& spec) noexcept {
-  const auto maxq = static_cast<float>(spec.max_code());
+namespace detail {
+/// The range GPTQ's find_params quantizes: symmetrized for symmetric grids, [-1, 1] for an
+/// all-zero group. Shared by the min-max grid and the MSE clip search.
+inline void reference_range(float& xmin, float& xmax, const QuantSpec& spec) noexcept {
   if (spec.symmetric) {
     xmax = std::max(std::fabs(xmin), xmax);
     if (xmin < 0.0f) xmin = -xmax;
@@ -78,6 +79,13 @@ inline GridParams grid_from_range(float xmin, float xmax, const QuantSpec& spec)
     xmin = -1.0f;
     xmax = 1.0f;
   }
+}
+}  // namespace detail
+
+/// Min-max grid of a range [xmin, xmax] (xmin <= 0 <= xmax), GPTQ conventions.
+inline GridParams grid_from_range(float xmin, float xmax, const QuantSpec& spec) noexcept {
+  const auto maxq = static_cast<float>(spec.max_code());
+  detail::reference_range(xmin, xmax, spec);
   GridParams p;
   p.scale = (xmax - xmin) / maxq;
   p.zero = spec.symmetric ? (maxq + 1.0f) / 2.0f : round_half_even(-xmin / p.scale);
@@ -96,14 +104,7 @@ inline GridParams find_params(const float* x, Index n, const QuantSpec& spec) no
 
   // The grid search shrinks the (symmetrized) range the reference uses.
   float xmin = lo, xmax = hi;
-  if (spec.symmetric) {
-    xmax = std::max(std::fabs(xmin), xmax);
-    if (xmin < 0.0f) xmin = -xmax;
-  }
-  if (xmin == 0.0f && xmax == 0.0f) {
-    xmin = -1.0f;
-    xmax = 1.0f;
-  }
+  detail::reference_range(xmin, xmax, spec);
   const auto maxq = static_cast<float>(spec.max_code());
   const auto steps = static_cast<int>(spec.clip_max_shrink * spec.clip_grid);
   const auto norm = static_cast<float>(spec.clip_norm);
