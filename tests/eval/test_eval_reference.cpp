@@ -1,0 +1,105 @@
+// eval::make_reference + eval::divergence(model, windows, reference, overrides): one forward of
+// the modified model gives the same perplexity as eval::perplexity and the same KL / top-1 as
+// eval::divergence (which reruns the FP forward), under both protocols. The runtime computes in
+// f32 and repeats itself to about 1e-8 relative, hence the tolerances.
+#include "support/test_data.hpp"
+#include "support/tiny_transformer.hpp"
+
+#include <fragile/eval/divergence.hpp>
+#include <fragile/eval/perplexity.hpp>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using namespace fragile;
+
+std::vector<data::TokenId> token_stream(std::size_t n, std::size_t vocab) {
+  Rng rng(11);
+  std::vector<data::TokenId> s(n);
+  for (auto& t : s) t = static_cast<data::TokenId>(rng.below(vocab));
+  return s;
+}
+
+/// Overrides that perturb every other linear layer by a fixed pattern.
+model::WeightOverrides perturbed(const model::Transformer<cpu>& m) {
+  auto ov = m.make_overrides();
+  for (const auto& li : m.linears()) {
+    if (li.index % 2) continue;
+    const auto w = m.weight(li.index);
+    std::vector<float> p(w.begin(), w.end());
+    for (std::size_t k = 0; k < p.size(); ++k) p[k] += (k % 3 == 0 ? 0.05f : -0.02f);
+    ov.set(li.index, std::move(p), li.out_features, li.in_features);
+  }
+  return ov;
+}
+
+}  // namespace
+
+TEST_CASE("eval reference: one modified forward equals perplexity() and divergence()",
+          "[eval][divergence][reference]") {
+  const auto m = test::tiny_model({});
+  const auto tokens = token_stream(200, m.config().vocab_size);
+  const auto ov = perturbed(m);
+
+  SECTION("GPTQ protocol, batches of 3") {
+    const auto windows = data::gptq_eval_windows(tokens, 16);  // 12 windows
+    const auto ref = eval::make_reference(m, windows, {.protocol = eval::PerplexityProtocol::kGptq,
+                                                       .batch_size = 3});
+    CHECK(ref.tokens == 12 * 15);
+    CHECK(ref.hidden.size() == ref.tokens * m.config().hidden_size);
+    const auto fp = eval::perplexity(m, windows, {.batch_size = 3});
+    CHECK(ref.perplexity.perplexity == Approx(fp.perplexity).epsilon(1e-7));
+    for (std::size_t w = 0; w < windows.size(); ++w)
+      CHECK(ref.perplexity.window_nll[w] == Approx(fp.window_nll[w]).epsilon(1e-7));
+
+    const auto r = eval::divergence(m, windows, ref, &ov, {.keep_token_kl = true});
+    const auto pp = eval::perplexity(m, windows, {.batch_size = 3, .overrides = &ov});
+    const auto dv = eval::divergence(m, windows, ov, {.batch_size = 3});
+    CHECK(r.perplexity.perplexity == Approx(pp.perplexity).epsilon(1e-7));
+    CHECK(r.perplexity.tokens == pp.tokens);
+    CHECK(std::abs(r.perplexity.perplexity / ref.perplexity.perplexity - 1.0) > 1e-3);  // it shows
+    CHECK(r.mean_kl == Approx(dv.mean_kl).epsilon(1e-5));
+    CHECK(r.mean_kl > 1e-4);
+    CHECK(r.top1_agreement == dv.top1_agreement);
+    REQUIRE(r.token_kl.size() == dv.token_kl.size());
+    for (std::size_t i = 0; i < r.token_kl.size(); ++i)
+      CHECK(r.token_kl[i] == Approx(dv.token_kl[i]).epsilon(1e-4).margin(1e-7));
+
+    // The unmodified model against its own reference: KL 0, full agreement, FP perplexity.
+    const auto same = eval::divergence(m, windows, ref, nullptr);
+    CHECK(same.mean_kl == Approx(0.0).margin(1e-7));
+    CHECK(same.top1_agreement == 1.0);
+    CHECK(same.perplexity.perplexity == Approx(ref.perplexity.perplexity).epsilon(1e-7));
+
+    // PPL only: no KL.
+    const auto ppl_only = eval::divergence(m, windows, ref, &ov, {.divergence = false});
+    CHECK(std::isnan(ppl_only.mean_kl));
+    CHECK(ppl_only.perplexity.perplexity == Approx(r.perplexity.perplexity).epsilon(1e-7));
+  }
+  SECTION("llama.cpp protocol") {
+    const auto windows = data::llamacpp_eval_windows(tokens, 16, 1);
+    const auto ref = eval::make_reference(
+        m, windows, {.protocol = eval::PerplexityProtocol::kLlamaCpp, .batch_size = 2});
+    const auto r = eval::divergence(m, windows, ref, &ov);
+    const auto pp = eval::perplexity(
+        m, windows, {.protocol = eval::PerplexityProtocol::kLlamaCpp, .batch_size = 2, .overrides = &ov});
+    const auto dv = eval::divergence(m, windows, ov, {.batch_size = 2});
+    CHECK(r.perplexity.tokens == pp.tokens);
+    CHECK(r.perplexity.perplexity == Approx(pp.perplexity).epsilon(1e-7));
+    CHECK(r.mean_kl == Approx(dv.mean_kl).epsilon(1e-5));
+    CHECK(r.top1_agreement == dv.top1_agreement);
+  }
+  SECTION("a reference of other windows is refused") {
+    const auto windows = data::gptq_eval_windows(tokens, 16);
+    const auto ref = eval::make_reference(m, windows);
+    const auto fewer = std::span<const data::Window>(windows).first(5);
+    CHECK_THROWS_AS(eval::divergence(m, fewer, ref, &ov), ArgumentError);
+    auto shifted = windows;
+    shifted[4].tokens[7] = (shifted[4].tokens[7] + 1) % 32;
+    CHECK_THROWS_WITH(eval::divergence(m, shifted, ref, &ov),
+                      Catch::Contains("the reference's is"));
+    CHECK_THROWS_AS(eval::make_reference(m, std::span<const data::Window>{}), ArgumentError);
+  }
+}
