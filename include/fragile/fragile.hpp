@@ -51,7 +51,11 @@
 #include "fragile/alloc/budget.hpp"
 #include "fragile/alloc/greedy_marginal.hpp"
 #include "fragile/alloc/mckp.hpp"
+#include "fragile/sensitivity/candidates.hpp"
+#include "fragile/sensitivity/metrics.hpp"
 #include "fragile/sensitivity/nsds.hpp"
+#include "fragile/sensitivity/oracle.hpp"
+#include "fragile/sensitivity/pass.hpp"
 #include "fragile/sensitivity/table.hpp"
 
 // statistics and studies
