@@ -3,12 +3,18 @@
 // RTN 3-bit group 32, GPTQ windows of 128 tokens from TinyStories) when present, else on a small
 // random llama2.c-shaped model:
 //   BM_one_evaluation   eval::perplexity of the all-quantized model (weight overrides)
+//   BM_reference_evaluation[_kl]  the oracle's unit: eval::divergence against a reference made
+//                       once, PPL only [with KL and top-1]
 //   BM_restore_one      the full RestoreOne sweep, PPL only
 //   BM_restore_one_kl   the same with KL and top-1 (one extra LM-head pass over the FP hidden
 //                       states per evaluation)
-// Counters: evaluations, and per_eval_ratio = sweep time / (layers + 1) / one-evaluation time
-// (measured in the same process just before the sweep); ~1.0 means nothing but evaluations.
-//   OMP_NUM_THREADS=2 build/<dir>/bench/bench_sensitivity --benchmark_filter=oracle
+// Counters: evaluations, per_eval_ratio = sweep time / (layers + 1) / eval::perplexity time, and
+// per_unit_ratio = the same over the oracle's unit (reference_evaluation[_kl]), both measured in
+// the same process just before the sweep; ~1.0 means nothing but evaluations (the sweep also
+// makes its FP reference: one forward, +1/(layers+1)). The machine is shared: one thread and
+// the median of repetitions give steady figures.
+//   OMP_NUM_THREADS=1 build/<dir>/bench/bench_sensitivity --benchmark_filter=oracle \
+//     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include "support/harness.hpp"
 
 #include <fragile/data/windows.hpp>
@@ -125,12 +131,12 @@ double one_evaluation(const Setup& s, const model::WeightOverrides& ov) {
   return eval::perplexity(*s.model, s.windows, {.batch_size = kBatch, .overrides = &ov}).perplexity;
 }
 
-/// Mean seconds of one evaluation over `reps` (after one warm-up).
-double seconds_per_evaluation(const Setup& s, int reps) {
-  const auto ov = all_quantized(s);
-  benchmark::DoNotOptimize(one_evaluation(s, ov));
+/// Mean seconds of fn() over `reps` (after one warm-up).
+template <class Fn>
+double mean_seconds(Fn&& fn, int reps) {
+  fn();
   const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) benchmark::DoNotOptimize(one_evaluation(s, ov));
+  for (int i = 0; i < reps; ++i) fn();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
@@ -141,6 +147,18 @@ void BM_one_evaluation(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(one_evaluation(s, ov));
   state.counters["tokens"] = static_cast<double>(data::count_targets(s.windows));
 }
+
+// The oracle's unit of work: one modified forward against a reference made once.
+void reference_evaluation(benchmark::State& state, bool kl) {
+  const Setup& s = setup();
+  state.SetLabel(s.source);
+  const auto ov = all_quantized(s);
+  const auto ref = eval::make_reference(*s.model, s.windows, {.batch_size = kBatch});
+  for (auto _ : state)
+    benchmark::DoNotOptimize(eval::divergence(*s.model, s.windows, ref, &ov, {.divergence = kl}));
+}
+void BM_reference_evaluation(benchmark::State& state) { reference_evaluation(state, false); }
+void BM_reference_evaluation_kl(benchmark::State& state) { reference_evaluation(state, true); }
 
 void restore_one_sweep(benchmark::State& state, bool kl) {
   const Setup& s = setup();
@@ -153,7 +171,12 @@ void restore_one_sweep(benchmark::State& state, bool kl) {
   // The FP reference is made once per sweep (shared sweeps pass it in); it is part of the cost.
   std::size_t evaluations = 0, fp = 0;
   double sweep_seconds = 0.0;
-  const double one = seconds_per_evaluation(s, 10);
+  const auto ov = all_quantized(s);
+  const double one = mean_seconds([&] { benchmark::DoNotOptimize(one_evaluation(s, ov)); }, 10);
+  const auto ref = eval::make_reference(*s.model, s.windows, {.batch_size = kBatch});
+  const double unit = mean_seconds([&] {
+    benchmark::DoNotOptimize(eval::divergence(*s.model, s.windows, ref, &ov, {.divergence = kl}));
+  }, 10);
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto r = sensitivity::restore_one(*s.model, s.windows, std::span<const MatrixF>(s.quantized), o);
@@ -166,8 +189,9 @@ void restore_one_sweep(benchmark::State& state, bool kl) {
   state.counters["evaluations"] = static_cast<double>(evaluations);
   state.counters["fp_evaluations"] = static_cast<double>(fp);
   state.counters["one_eval_ms"] = 1e3 * one;
-  state.counters["per_eval_ratio"] =
-      sweep_seconds / static_cast<double>(state.iterations()) / (layers + 1.0) / one;
+  const double per_sweep = sweep_seconds / static_cast<double>(state.iterations());
+  state.counters["per_eval_ratio"] = per_sweep / (layers + 1.0) / one;
+  state.counters["per_unit_ratio"] = per_sweep / (layers + 1.0) / unit;
 }
 
 void BM_restore_one(benchmark::State& state) { restore_one_sweep(state, false); }
@@ -176,5 +200,7 @@ void BM_restore_one_kl(benchmark::State& state) { restore_one_sweep(state, true)
 }  // namespace
 
 BENCHMARK(BM_one_evaluation)->Name("oracle/one_evaluation")->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_reference_evaluation)->Name("oracle/reference_evaluation")->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_reference_evaluation_kl)->Name("oracle/reference_evaluation_kl")->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_restore_one)->Name("oracle/restore_one")->Unit(benchmark::kMillisecond)->Iterations(3);
 BENCHMARK(BM_restore_one_kl)->Name("oracle/restore_one_kl")->Unit(benchmark::kMillisecond)->Iterations(3);
