@@ -121,7 +121,7 @@ def metrics(cfg, w, ids, bits_list):
             fsq = (wg ** 2).mean(0)
             per_bits = []
             for b in bits_list:
-                dw = rtn(W.float(), b, GROUP).double() - W  # grid in float32, as GPTQ's quant.py
+                dw = rtn(W.float(), b, GROUP).to(W.dtype) - W  # grid in float32, as GPTQ's quant.py
                 dy = xs @ dw.T
                 s = (gs * dy).sum(-1)
                 d = 0.5 * (s * s).mean()
@@ -147,8 +147,7 @@ def bench(cfg, w32):
             torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])
 
     def full():
-        wg = {k: v.requires_grad_(False) for k, v in w32.items()}
-        metrics(cfg, {k: v for k, v in wg.items()}, ids, BITS)
+        metrics(cfg, w32, ids, BITS)
 
     def timed(f, reps=5):
         f()
