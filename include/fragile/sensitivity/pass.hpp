@@ -13,6 +13,7 @@
 // model's own predictions, the Monte-Carlo true Fisher) or kData (empirical Fisher).
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/core/tensor.hpp"
 #include "fragile/data/windows.hpp"
@@ -277,10 +278,12 @@ class MetricAccumulator {
     std::vector<double> part;
     for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
       const std::size_t nr = std::min(chunk, rows - r0);
-      Eigen::Map<const MatrixF> x(c.x + r0 * static_cast<std::size_t>(in),
-                                  static_cast<Eigen::Index>(nr), in);
       dy_.resize(static_cast<Eigen::Index>(nr), static_cast<Eigen::Index>(width));
-      dy_.noalias() = x * dw_.transpose();
+      // The runtime's GEMM: split per thread, not Eigen's spin-synchronised parallel product.
+      backend::Ops<cpu>::gemm(backend::Trans::kN, backend::Trans::kT, nr, width,
+                              static_cast<std::size_t>(in), 1.0f,
+                              c.x + r0 * static_cast<std::size_t>(in), static_cast<std::size_t>(in),
+                              dw_.data(), static_cast<std::size_t>(in), 0.0f, dy_.data(), width);
       part.assign(nr * K * kSums, 0.0);
 #pragma omp parallel for schedule(static) if (nr * width >= (1u << 15))
       for (std::size_t i = 0; i < nr; ++i) {
