@@ -252,6 +252,18 @@ TEST_CASE("metrics: results do not depend on batch size; only requested sums are
   CHECK_THROWS_AS(rm.scores<Visibility>(0), ConfigError);
   CHECK_THROWS_AS(rm.scores<WeightMse>(1), ArgumentError);
   CHECK_THROWS_AS(metric_pass(m, std::span<const data::Window>{}, cands, a), ArgumentError);
+
+  // A candidate of the wrong shape names the layer and both shapes.
+  CandidateSet wrong(m.linears().size(), {"x"}, {3.0});
+  wrong.set(2, {Candidate{"x", 3.0, 0, MatrixF::Zero(3, 5)}});
+  try {
+    (void)metric_pass(m, windows, wrong, a);
+    FAIL("expected a ShapeError");
+  } catch (const ShapeError& e) {
+    CHECK_THAT(e.what(), Catch::Contains(m.linears()[2].name) && Catch::Contains("(3, 5)"));
+  }
+  CandidateSet none(m.linears().size(), {"x"}, {3.0});
+  CHECK_THROWS_AS(metric_pass(m, windows, none, a), ArgumentError);  // no layer has candidates
 }
 
 TEST_CASE("metrics: GPTQ candidates come from the calibration pass's H", "[sensitivity][metrics]") {

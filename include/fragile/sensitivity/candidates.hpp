@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -47,6 +48,12 @@ struct Candidate {
                           out.rows(), out.cols(), m.rows(), m.cols());
       out = m;
     }
+  }
+  /// (rows, cols) of Q(W), without dequantizing.
+  [[nodiscard]] std::pair<Eigen::Index, Eigen::Index> shape() const {
+    if (const auto* q = std::get_if<quant::QuantizedWeight>(&weight)) return {q->rows, q->cols};
+    const auto& m = std::get<MatrixF>(weight);
+    return {m.rows(), m.cols()};
   }
   [[nodiscard]] MatrixF dequantize() const {
     if (const auto* m = std::get_if<MatrixF>(&weight)) return *m;

@@ -168,11 +168,11 @@ class MetricAccumulator {
       std::vector<std::uint64_t> costs;
       for (std::size_t k = 0; k < candidates.options(); ++k) {
         const auto& c = candidates.at(li.index, k);
-        const MatrixF q = c.dequantize();
-        require<ShapeError>(q.rows() == static_cast<Eigen::Index>(li.out_features) &&
-                                q.cols() == static_cast<Eigen::Index>(li.in_features),
+        const auto [rows, cols] = c.shape();
+        require<ShapeError>(rows == static_cast<Eigen::Index>(li.out_features) &&
+                                cols == static_cast<Eigen::Index>(li.in_features),
                             "MetricAccumulator: candidate '{}' of '{}' is ({}, {}), expected ({}, {})",
-                            c.label, li.name, q.rows(), q.cols(), li.out_features, li.in_features);
+                            c.label, li.name, rows, cols, li.out_features, li.in_features);
         costs.push_back(c.cost_bits);
       }
       r_.cost_bits.push_back(std::move(costs));
