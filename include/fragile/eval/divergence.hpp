@@ -27,6 +27,25 @@
 
 namespace fragile::eval {
 
+namespace detail {
+/// kl[i] = KL(P || Q) of n rows of V logits, given each row's log-sum-exp (clamped at 0).
+inline void kl_rows(const float* lp, const float* lse_p, const float* lq, const float* lse_q,
+                    std::size_t n, std::size_t V, float* kl) {
+#pragma omp parallel for schedule(static) if (n * V >= backend::kCpuParallelMin)
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* a = lp + i * V;
+    const float* q = lq + i * V;
+    double s = 0.0;
+    for (std::size_t j = 0; j < V; ++j) {
+      const double la = static_cast<double>(a[j]) - lse_p[i];
+      const double lb = static_cast<double>(q[j]) - lse_q[i];
+      s += std::exp(la) * (la - lb);
+    }
+    kl[i] = static_cast<float>(std::max(s, 0.0));
+  }
+}
+}  // namespace detail
+
 struct DivergenceOptions {
   std::size_t batch_size = 1;
   bool keep_token_kl = true;  ///< fill DivergenceResult::token_kl
@@ -83,18 +102,7 @@ DivergenceResult divergence(const model::Transformer<B>& model,
       model.head(gq.data(), n, lq.data());
       model::layers::logsumexp_rows(B{}, lse_p.data(), arg_p.data(), lp.data(), n, V);
       model::layers::logsumexp_rows(B{}, lse_q.data(), arg_q.data(), lq.data(), n, V);
-#pragma omp parallel for schedule(static) if (n * V >= backend::kCpuParallelMin)
-      for (std::size_t i = 0; i < n; ++i) {
-        const float* a = lp.data() + i * V;
-        const float* q = lq.data() + i * V;
-        double s = 0.0;
-        for (std::size_t j = 0; j < V; ++j) {
-          const double la = static_cast<double>(a[j]) - lse_p[i];
-          const double lb = static_cast<double>(q[j]) - lse_q[i];
-          s += std::exp(la) * (la - lb);
-        }
-        kl[i] = static_cast<float>(std::max(s, 0.0));
-      }
+      detail::kl_rows(lp.data(), lse_p.data(), lq.data(), lse_q.data(), n, V, kl.data());
       for (std::size_t i = 0; i < n; ++i) {
         kl_sum += kl[i];
         agree += arg_p[i] == arg_q[i] ? 1 : 0;
@@ -284,18 +292,7 @@ ReferenceDivergence divergence(const model::Transformer<B>& model,
       if (!opt.divergence) continue;
       model.head(reference.hidden.data() + (g0 + r0) * C, n, lp.data());
       model::layers::logsumexp_rows(B{}, lse_p.data(), arg_p.data(), lp.data(), n, V);
-#pragma omp parallel for schedule(static) if (n * V >= backend::kCpuParallelMin)
-      for (std::size_t i = 0; i < n; ++i) {
-        const float* a = lp.data() + i * V;
-        const float* q = lq.data() + i * V;
-        double s = 0.0;
-        for (std::size_t j = 0; j < V; ++j) {
-          const double la = static_cast<double>(a[j]) - lse_p[i];
-          const double lb = static_cast<double>(q[j]) - lse_q[i];
-          s += std::exp(la) * (la - lb);
-        }
-        kl[i] = static_cast<float>(std::max(s, 0.0));
-      }
+      detail::kl_rows(lp.data(), lse_p.data(), lq.data(), lse_q.data(), n, V, kl.data());
       for (std::size_t i = 0; i < n; ++i) {
         kl_sum += kl[i];
         agree += arg_p[i] == arg_q[i] ? 1 : 0;
