@@ -43,13 +43,7 @@ fs::path data_dir() {
 
 std::vector<fragile::data::TokenId> tokenize_documents(const fragile::io::AnyTokenizer& tok,
                                                        const fs::path& path) {
-  std::vector<fragile::data::TokenId> stream;
-  for (const auto& doc : fragile::io::read_tinystories(path)) {
-    if (auto bos = tok.bos_id()) stream.push_back(*bos);
-    const auto ids = tok.encode(doc);
-    stream.insert(stream.end(), ids.begin(), ids.end());
-  }
-  return stream;
+  return fragile::io::encode_documents(tok, fragile::io::read_tinystories(path));
 }
 
 double seconds_since(Clock::time_point t0) {

@@ -70,6 +70,20 @@ class AnyTokenizer {
 
 static_assert(Tokenizer<AnyTokenizer>, "AnyTokenizer must model Tokenizer");
 
+/// Documents encoded one by one, each preceded by BOS when the tokenizer has one (as llama2.c
+/// trains), concatenated into one stream.
+inline std::vector<std::int32_t> encode_documents(const AnyTokenizer& tok,
+                                                  std::span<const std::string> documents) {
+  std::vector<std::int32_t> stream;
+  const auto bos = tok.bos_id();
+  for (const auto& doc : documents) {
+    if (bos) stream.push_back(*bos);
+    const auto ids = tok.encode(doc);
+    stream.insert(stream.end(), ids.begin(), ids.end());
+  }
+  return stream;
+}
+
 /// Loads the tokenizer at `path`:
 ///  - a directory: its tokenizer.json, else its vocab.json + merges.txt (with `preset`), else its
 ///    tokenizer.bin;
