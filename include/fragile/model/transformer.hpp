@@ -40,6 +40,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -127,6 +128,31 @@ class WeightOverrides {
 
   const std::vector<LinearInfo>* registry_;
   std::map<std::size_t, Entry> entries_;
+};
+
+/// One tensor of the model that training updates: its HF name, shape and storage (row-major).
+struct Parameter {
+  std::string name;
+  std::vector<std::size_t> shape;
+  std::span<float> value;
+  /// Weight decay applies to matrices (embeddings and linears), not to norms or biases.
+  [[nodiscard]] bool is_matrix() const noexcept { return shape.size() == 2; }
+};
+
+/// Gradients of every parameter, in the order of Transformer::parameters().
+struct ParameterGradients {
+  std::vector<std::vector<float>> tensors;
+
+  void zero() {
+    for (auto& t : tensors) std::fill(t.begin(), t.end(), 0.0f);
+  }
+  /// The global L2 norm over every tensor (accumulated in double).
+  [[nodiscard]] double norm() const {
+    double ss = 0.0;
+    for (const auto& t : tensors)
+      for (float v : t) ss += static_cast<double>(v) * v;
+    return std::sqrt(ss);
+  }
 };
 
 template <backend::Backend B = cpu>
@@ -245,6 +271,53 @@ class Transformer {
     std::vector<float> out(rows * vocab());
     head(hidden.data(), rows, out.data());
     return out;
+  }
+
+  // ------------------------------------------------------------------ training
+
+  /// Every parameter in HF order (embed_tokens; per block input_layernorm, q/k/v weights and
+  /// biases, o_proj, post_attention_layernorm, gate/up/down; norm; lm_head unless tied), with
+  /// mutable storage: an optimiser updates the model in place.
+  [[nodiscard]] std::vector<Parameter> parameters() {
+    std::vector<Parameter> out;
+    visit_parameters([&](std::string name, std::vector<std::size_t> shape, Buffer<float>& buf) {
+      out.push_back(Parameter{std::move(name), std::move(shape), {buf.data(), buf.size()}});
+    });
+    return out;
+  }
+
+  /// Zeroed gradients, one tensor per parameter.
+  [[nodiscard]] ParameterGradients make_gradients() const {
+    ParameterGradients g;
+    const_cast<Transformer*>(this)->visit_parameters(
+        [&](const std::string&, const std::vector<std::size_t>&, Buffer<float>& buf) {
+          g.tensors.emplace_back(buf.size(), 0.0f);
+        });
+    return g;
+  }
+
+  /// The mean next-token cross-entropy over every scored position of the batch (HF's loss with
+  /// labels = input_ids: B*(T-1) predictions), with its gradient w.r.t. every parameter added
+  /// into `grads` (from make_gradients()). Returns the loss.
+  double accumulate_gradients(std::span<const Window> windows, ParameterGradients& grads) const {
+    std::size_t expected = 0;
+    const_cast<Transformer*>(this)->visit_parameters(
+        [&](const std::string&, const std::vector<std::size_t>&, Buffer<float>& buf) {
+          require<ArgumentError>(expected < grads.tensors.size() &&
+                                     grads.tensors[expected].size() == buf.size(),
+                                 "accumulate_gradients: gradients were not made for this model "
+                                 "(tensor {} differs)", expected);
+          ++expected;
+        });
+    require<ArgumentError>(expected == grads.tensors.size(),
+                           "accumulate_gradients: gradients hold {} tensors, the model has {}",
+                           grads.tensors.size(), expected);
+    const auto [ids, nb, T] = pack(windows, 2);
+    CaptureOptions opt;
+    opt.labels = LabelSource::kData;
+    ParamGradSink sink{this, &grads};
+    const double window_loss_sum = run_backward(ids.data(), nb, T, 0, opt, nullptr, sink, &sink);
+    return window_loss_sum / static_cast<double>(nb);
   }
 
   // ------------------------------------------------------------------ capture (forward + backward)
@@ -393,6 +466,65 @@ class Transformer {
   };
 
   [[nodiscard]] std::size_t vocab() const noexcept { return config_.vocab_size; }
+
+  /// fn(name, shape, buffer) for every parameter, in HF's named_parameters() order.
+  template <class Fn>
+  void visit_parameters(Fn&& fn) {
+    const auto& c = config_;
+    const std::size_t C = c.hidden_size;
+    fn("model.embed_tokens.weight", {c.vocab_size, C}, embed_);
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      Block& blk = blocks_[i];
+      for (LinearKind k : kAllLinearKinds) {
+        const auto [out, in] = linear_shape(c, k);
+        const std::string name = linear_name(i, k);
+        fn(name + ".weight", {out, in}, blk.w[kind_slot(k)]);
+        if (auto* b = bias_of(blk, k); b && !b->empty()) fn(name + ".bias", {out}, *b);
+      }
+      const std::string p = fmt::format("model.layers.{}.", i);
+      fn(p + "input_layernorm.weight", {C}, blk.attn_norm);
+      fn(p + "post_attention_layernorm.weight", {C}, blk.mlp_norm);
+    }
+    fn("model.norm.weight", {C}, final_norm_);
+    if (!c.tie_word_embeddings) fn("lm_head.weight", {c.vocab_size, C}, lm_head_);
+  }
+
+  template <class Blk>  // Block or const Block
+  static auto* bias_of(Blk& blk, LinearKind k) noexcept {
+    using Ptr = decltype(&blk.bq);
+    switch (k) {
+      case LinearKind::kQ: return &blk.bq;
+      case LinearKind::kK: return &blk.bk;
+      case LinearKind::kV: return &blk.bv;
+      default: return Ptr{nullptr};
+    }
+  }
+
+  /// Receives the backward's linear captures and adds every parameter's gradient into a
+  /// ParameterGradients (the linears here; norms, embedding and head inside run_backward).
+  struct ParamGradSink {
+    ParamGradSink(const Transformer* m, ParameterGradients* g) : model(m) {
+      std::size_t n = 0;
+      const_cast<Transformer*>(m)->visit_parameters(
+          [&](const std::string&, const std::vector<std::size_t>&, Buffer<float>& buf) {
+            by_param.emplace(buf.data(), g->tensors[n++].data());
+          });
+    }
+    /// The gradient storage of parameter `p`.
+    float* of(const Buffer<float>& p) const { return by_param.at(p.data()); }
+
+    void operator()(const LinearInfo& li, const float* x, const float* g) {
+      const Block& blk = model->blocks_[li.block];
+      layers::linear_backward_weight(B{}, of(blk.w[kind_slot(li.kind)]), g, x, rows,
+                                     li.in_features, li.out_features, true);
+      if (li.has_bias)
+        layers::linear_backward_bias(B{}, of(*bias_of(blk, li.kind)), g, rows, li.out_features);
+    }
+
+    const Transformer* model;
+    std::size_t rows = 0;  // tokens of the current batch, set by run_backward
+    std::unordered_map<const float*, float*> by_param;
+  };
   [[nodiscard]] const float* head_weight() const noexcept {
     return config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
   }
@@ -587,7 +719,8 @@ class Transformer {
   template <class Deliver>
   double run_backward(const std::int32_t* ids, std::size_t nb, std::size_t T,
                       std::size_t first_window, const CaptureOptions& opt,
-                      const WeightOverrides* ov, Deliver& deliver) const {
+                      const WeightOverrides* ov, Deliver& deliver,
+                      ParamGradSink* pg = nullptr) const {
     const auto& c = config_;
     const std::size_t N = nb * T, C = c.hidden_size, I = c.intermediate_size;
     const std::size_t qd = c.q_dim(), kd = c.kv_dim(), L = c.num_hidden_layers, V = vocab();
@@ -598,7 +731,9 @@ class Transformer {
     // Loss and its gradient w.r.t. the final hidden states, chunk by chunk.
     const bool data = opt.labels == LabelSource::kData;
     const std::size_t scored = data ? T - 1 : T;
-    const float scale = 1.0f / static_cast<float>(scored);
+    // Captures see d(window mean)/dy; parameter gradients are of the batch mean (HF's loss).
+    const float scale = 1.0f / static_cast<float>(pg ? scored * nb : scored);
+    if (pg) pg->rows = N;
     std::vector<float> dhidden(N * C);
     std::vector<double> window_nll(nb, 0.0);
     std::vector<std::int32_t> labels;
@@ -638,6 +773,10 @@ class Transformer {
           window_nll[(r0 + r) / T] +=
               static_cast<double>(lse[r]) - logits[r * V + static_cast<std::size_t>(labels[r])];
       layers::cross_entropy_backward_rows(be, logits, lse, labels.data(), scales.data(), rows, V);
+      if (pg)
+        layers::linear_backward_weight(
+            be, pg->of(c.tie_word_embeddings ? embed_ : lm_head_), logits,
+            hidden.data() + r0 * C, rows, C, V, true);
       layers::linear_backward_input(be, dhidden.data() + r0 * C, logits, head_weight(), rows, C, V,
                                     false);
     });
@@ -647,7 +786,8 @@ class Transformer {
     const float* w_final = final_norm_.data();
     std::vector<float> dx(N * C), dxn(N * C), h(N * I), dh(N * I), dgate(N * I), dup(N * I);
     std::vector<float> datt(N * qd), dq(N * qd), dk(N * kd), dv(N * kd);
-    layers::rmsnorm_backward(be, dx.data(), nullptr, dhidden.data(), saved[L].x_in.data(), w_final,
+    layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(final_norm_) : nullptr, dhidden.data(),
+                             saved[L].x_in.data(), w_final,
                              saved[L].rstd1.data(), N, C, false);
     const auto rope = layers::rope_table(inv_freq_, T);
     const layers::AttentionShape ash{nb, T, c.num_attention_heads, c.num_key_value_heads,
@@ -669,7 +809,8 @@ class Transformer {
                                     weight_of(i, LinearKind::kGate, ov), N, C, I, false);
       layers::linear_backward_input(be, dxn.data(), dup.data(), weight_of(i, LinearKind::kUp, ov),
                                     N, C, I, true);
-      layers::rmsnorm_backward(be, dx.data(), nullptr, dxn.data(), s.x_mid.data(),
+      layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(blk.mlp_norm) : nullptr, dxn.data(),
+                               s.x_mid.data(),
                                blk.mlp_norm.data(), s.rstd2.data(), N, C, true);
       s.gate = {};
       s.up = {};
@@ -692,10 +833,12 @@ class Transformer {
                                     C, kd, true);
       layers::linear_backward_input(be, dxn.data(), dv.data(), weight_of(i, LinearKind::kV, ov), N,
                                     C, kd, true);
-      layers::rmsnorm_backward(be, dx.data(), nullptr, dxn.data(), s.x_in.data(),
+      layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(blk.attn_norm) : nullptr, dxn.data(),
+                               s.x_in.data(),
                                blk.attn_norm.data(), s.rstd1.data(), N, C, true);
       s = Saved{};
     }
+    if (pg) layers::embedding_backward(be, pg->of(embed_), dx.data(), ids, N, C);
     return loss;
   }
 
