@@ -192,7 +192,7 @@ class Transformer {
         if (!std::isfinite(it->second[k]))
           raise<NumericError>("in-memory weights: tensor '{}' holds a non-finite value ({}) at "
                               "flat index {}", name, it->second[k], k);
-      Buffer<float> buf(std::move(it->second));
+      Buffer<float> buf(it->second.begin(), it->second.end());
       return buf;
     });
   }
@@ -234,7 +234,7 @@ class Transformer {
   [[nodiscard]] std::vector<float> token_nll(std::span<const Window> windows,
                                              const WeightOverrides* overrides = nullptr) const {
     const auto [ids, nb, T] = pack(windows, 2);
-    std::vector<float> hidden = run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
+    const auto hidden = run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
     std::vector<float> nll(nb * (T - 1));
     std::vector<std::int32_t> labels(nb * T, -1);
     for (std::size_t b = 0; b < nb; ++b)
@@ -254,7 +254,8 @@ class Transformer {
   [[nodiscard]] std::vector<float> final_hidden(std::span<const Window> windows,
                                                 const WeightOverrides* overrides = nullptr) const {
     const auto [ids, nb, T] = pack(windows, 1);
-    return run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
+    const auto h = run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
+    return std::vector<float>(h.begin(), h.end());
   }
 
   /// logits (rows, V) = hidden (rows, C) W_head^T.
@@ -381,7 +382,7 @@ class Transformer {
 
   // Activations one block saves for the backward.
   struct Saved {
-    std::vector<float> x_in, rstd1, xn1, q, k, v, lse, att, x_mid, rstd2, xn2, gate, up;
+    Buffer<float> x_in, rstd1, xn1, q, k, v, lse, att, x_mid, rstd2, xn2, gate, up;
   };
 
   struct NoX {
@@ -403,7 +404,7 @@ class Transformer {
     // x^T x is shared by layers reading the same input (q/k/v, gate/up): cache per block+input.
     struct {
       std::size_t key = static_cast<std::size_t>(-1);
-      std::vector<float> xtx;
+      Buffer<float> xtx;
     } cache;
 
     // Layers that read the same input: q/k/v, o, gate/up, down.
@@ -444,7 +445,7 @@ class Transformer {
         }
         c.xtx = cache.xtx.data();
       }
-      std::vector<float> wg, wg2;
+      Buffer<float> wg, wg2;
       if (g && n.weight_grad) {
         wg.resize(out * in);
         layers::linear_backward_weight(B{}, wg.data(), g, x, rows, in, out, false);
@@ -452,7 +453,7 @@ class Transformer {
       }
       if (g && n.weight_grad_sq) {
         wg2.assign(out * in, 0.0f);
-        std::vector<float> one(out * in);
+        Buffer<float> one(out * in);
         const std::size_t T = ctx->seq_len;
         for (std::size_t b = 0; b < ctx->windows; ++b) {
           layers::linear_backward_weight(B{}, one.data(), g + b * T * out, x + b * T * in, T, in,
@@ -605,7 +606,7 @@ class Transformer {
   /// keeps what the backward needs (one Saved per block plus the last residual and its rstd in
   /// saved->back()). `on_x(layer, x)` sees each linear layer's input.
   template <class OnX>
-  std::vector<float> run_forward(const std::int32_t* ids, std::size_t nb, std::size_t T,
+  Buffer<float> run_forward(const std::int32_t* ids, std::size_t nb, std::size_t T,
                                  const WeightOverrides* ov, std::vector<Saved>* saved,
                                  OnX&& on_x) const {
     require<ArgumentError>(!ov || ov->registry() == &linears_,
@@ -619,10 +620,10 @@ class Transformer {
                                      c.head_dim, c.sliding_window};
     const B be{};
 
-    std::vector<float> x(N * C);
+    Buffer<float> x(N * C);
     layers::embedding_forward(be, x.data(), ids, embed_.data(), N, C);
     // Scratch for the forward-only path (the saving path writes into Saved instead).
-    std::vector<float> xn, q, k, v, att, gate, up, lse;
+    Buffer<float> xn, q, k, v, att, gate, up, lse;
     if (!saved) {
       xn.resize(N * C);
       q.resize(N * qd);
@@ -634,7 +635,7 @@ class Transformer {
     } else {
       saved->assign(L + 1, Saved{});
     }
-    auto buf = [&](std::vector<float>& scratch, std::vector<float>& keep, std::size_t n) {
+    auto buf = [&](Buffer<float>& scratch, Buffer<float>& keep, std::size_t n) {
       if (!saved) return scratch.data();
       keep.resize(n);
       return keep.data();
@@ -680,14 +681,14 @@ class Transformer {
       layers::linear_forward(be, gp, xn2, weight_of(i, LinearKind::kGate, ov), nullptr, N, C, I);
       layers::linear_forward(be, up_, xn2, weight_of(i, LinearKind::kUp, ov), nullptr, N, C, I);
       // h: into the forward scratch `gate` buffer when not saving, else a temporary.
-      std::vector<float> h_tmp;
+      Buffer<float> h_tmp;
       float* h = saved ? (h_tmp.resize(N * I), h_tmp.data()) : gate.data();
       layers::swiglu_forward(be, h, gp, up_, N * I);
       on_x(li[6], h);
       backend::Ops<B>::gemm(backend::Trans::kN, backend::Trans::kT, N, C, I, 1.0f, h, I,
                             weight_of(i, LinearKind::kDown, ov), I, 1.0f, x.data(), C);
     }
-    std::vector<float> out(N * C);
+    Buffer<float> out(N * C);
     float* rstd_f = nullptr;
     if (saved) {
       auto& last = (*saved)[L];
@@ -704,8 +705,8 @@ class Transformer {
   template <class Fn>
   void head_loop(const float* hidden, std::size_t rows, Fn&& fn) const {
     const std::size_t chunk = std::max<std::size_t>(1, options_.head_chunk_rows);
-    std::vector<float> logits(std::min(chunk, rows) * vocab());
-    std::vector<float> lse(std::min(chunk, rows));
+    Buffer<float> logits(std::min(chunk, rows) * vocab());
+    Buffer<float> lse(std::min(chunk, rows));
     for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
       const std::size_t n = std::min(chunk, rows - r0);
       head(hidden + r0 * config_.hidden_size, n, logits.data());
@@ -726,7 +727,7 @@ class Transformer {
     const std::size_t qd = c.q_dim(), kd = c.kv_dim(), L = c.num_hidden_layers, V = vocab();
     const B be{};
     std::vector<Saved> saved;
-    const std::vector<float> hidden = run_forward(ids, nb, T, ov, &saved, NoX{});
+    const Buffer<float> hidden = run_forward(ids, nb, T, ov, &saved, NoX{});
 
     // Loss and its gradient w.r.t. the final hidden states, chunk by chunk.
     const bool data = opt.labels == LabelSource::kData;
@@ -734,7 +735,7 @@ class Transformer {
     // Captures see d(window mean)/dy; parameter gradients are of the batch mean (HF's loss).
     const float scale = 1.0f / static_cast<float>(pg ? scored * nb : scored);
     if (pg) pg->rows = N;
-    std::vector<float> dhidden(N * C);
+    Buffer<float> dhidden(N * C);
     std::vector<double> window_nll(nb, 0.0);
     std::vector<std::int32_t> labels;
     std::vector<float> scales;
@@ -784,8 +785,8 @@ class Transformer {
     for (double s : window_nll) loss += s / static_cast<double>(scored);
 
     const float* w_final = final_norm_.data();
-    std::vector<float> dx(N * C), dxn(N * C), h(N * I), dh(N * I), dgate(N * I), dup(N * I);
-    std::vector<float> datt(N * qd), dq(N * qd), dk(N * kd), dv(N * kd);
+    Buffer<float> dx(N * C), dxn(N * C), h(N * I), dh(N * I), dgate(N * I), dup(N * I);
+    Buffer<float> datt(N * qd), dq(N * qd), dk(N * kd), dv(N * kd);
     layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(final_norm_) : nullptr, dhidden.data(),
                              saved[L].x_in.data(), w_final,
                              saved[L].rstd1.data(), N, C, false);

@@ -76,8 +76,8 @@ inline void attention_forward(cpu, float* out, float* lse, const float* q, const
   const std::size_t tasks = sh.batch * H;
 #pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
   {
-    std::vector<float> scratch(T * T);
-    std::vector<float> lse_local(T);
+    cpu::Buffer<float> scratch(T * T);
+    cpu::Buffer<float> lse_local(T);
 #pragma omp for schedule(dynamic)
     for (std::size_t task = 0; task < tasks; ++task) {
       const std::size_t b = task / H, h = task % H, g = h / group;
@@ -104,7 +104,7 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
   const std::size_t tasks = sh.batch * G;  // one task per kv head: its dk, dv have one writer
 #pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
   {
-    std::vector<float> p_buf(T * T), dp_buf(T * T), delta(T);
+    cpu::Buffer<float> p_buf(T * T), dp_buf(T * T), delta(T);
 #pragma omp for schedule(dynamic)
     for (std::size_t task = 0; task < tasks; ++task) {
       const std::size_t b = task / G, g = task % G;
