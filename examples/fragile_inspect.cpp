@@ -149,23 +149,23 @@ int main(int argc, char** argv) {
   CLI::App app{"fragile_inspect: structure, weight statistics and data windows of a checkpoint"};
   Options opt;
   const fs::path stories = data_dir() / "models/stories260K/stories260K.bin";
-  app.add_option("--model", opt.model, "HF model directory or llama2.c .bin (default: stories260K)");
-  app.add_option("--text", opt.text, "evaluation text (default: TinyStories validation)");
+  app.add_option("--model", opt.model,
+                 "HF model directory, llama2.c .bin, or 'stories260K' (the shared data's; "
+                 "default: the embedded KJV model)");
+  app.add_option("--text", opt.text, "evaluation text (default: the model's evaluation book)");
   app.add_option("--tokenizer", opt.tokenizer, "tokenizer file or directory (default: beside model)");
   app.add_option("--seqlen", opt.seqlen, "window length in tokens")->check(CLI::PositiveNumber);
   app.add_option("--max-tokens", opt.max_tokens, "token budget for the windows (0 = all)");
   CLI11_PARSE(app, argc, argv);
   try {
     if (opt.model.empty()) {
-      if (fs::exists(stories)) {
-        opt.model = stories;
-        if (opt.text.empty()) opt.text = data_dir() / "text/tinystories/valid_0001-0500.txt";
-      } else {
-        // Without the shared data, fall back to the tiny Llama checkpoint committed with the
-        // tests (written by transformers' save_pretrained).
-        opt.model = FRAGILE_EMBEDDED_MODEL;
-        fmt::print("(shared data absent: using the embedded checkpoint; pass --model to choose)\n");
-      }
+      // The embedded default: the model fragile trained itself on the KJV Bible
+      // (examples/models/kjv-tiny), scored on its held-out evaluation book.
+      opt.model = FRAGILE_EMBEDDED_MODEL;
+      if (opt.text.empty()) opt.text = fs::path(FRAGILE_EMBEDDED_MODEL) / "eval.txt";
+    } else if (opt.model == "stories260K") {
+      opt.model = stories;
+      if (opt.text.empty()) opt.text = data_dir() / "text/tinystories/valid_0001-0500.txt";
     }
     const auto ckpt = fragile::io::load_model(opt.model);
     print_config(ckpt.config, opt.model);

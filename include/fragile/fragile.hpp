@@ -15,11 +15,13 @@
 
 // io: checkpoints, configs, tokenizers, text
 #include "fragile/io/hf_config.hpp"
+#include "fragile/io/hf_writer.hpp"
 #include "fragile/io/llama2c.hpp"
 #include "fragile/io/load_model.hpp"
 #include "fragile/io/safetensors.hpp"
 #include "fragile/io/tensor_store.hpp"
 #include "fragile/io/text.hpp"
+#include "fragile/io/tokenizer/bpe_trainer.hpp"
 #include "fragile/io/tokenizer/tokenizer.hpp"
 #include "fragile/io/utf8.hpp"
 

@@ -106,7 +106,7 @@ struct StepRecord {
 
 struct TrainSummary {
   std::size_t first_step = 0;  ///< 0, or the step a resumed run started from
-  std::size_t steps = 0;
+  std::size_t steps = 0;       ///< steps done when run() returned (options.steps unless stopped)
   double final_loss = 0.0;
   double eval_ppl = std::nan("");
   double seconds = 0.0;
@@ -132,6 +132,9 @@ class Trainer {
   void set_progress_sink(study::Progress::Sink sink) { sink_ = std::move(sink); }
   /// Called after every step (tests stop a run here to simulate a kill).
   void on_step(std::function<void(const StepRecord&)> fn) { on_step_ = std::move(fn); }
+  /// Ends run() after step `step` (exclusive) with a checkpoint there, to be resumed later;
+  /// 0 runs to options.steps.
+  void stop_at(std::size_t step) { stop_at_ = step; }
 
   /// Trains to options.steps, continuing from the run folder's checkpoint when `resume`.
   TrainSummary run(bool resume) {
@@ -148,7 +151,8 @@ class Trainer {
     study::Progress progress("train", options_.steps, step, sink_);
     const double tokens_per_step =
         static_cast<double>(options_.batch_size * (options_.seq_len - 1));
-    for (; step < options_.steps; ++step) {
+    const std::size_t end = stop_at_ ? std::min(stop_at_, options_.steps) : options_.steps;
+    for (; step < end; ++step) {
       const auto ts = std::chrono::steady_clock::now();
       const auto batch =
           sample_batch(train_, options_.seq_len, options_.batch_size, options_.seed, step);
@@ -175,14 +179,14 @@ class Trainer {
         append_log({{"step", step}, {"eval_loss", std::log(sum.eval_ppl)}, {"eval_ppl", sum.eval_ppl}});
         curve_.eval.push_back({static_cast<double>(step), std::log(sum.eval_ppl)});
       }
-      if ((step + 1) % options_.checkpoint_every == 0 || last) {
+      if ((step + 1) % options_.checkpoint_every == 0 || last || step + 1 == end) {
         save_checkpoint(step + 1);
         write_loss_plot(dir_ / "loss.svg", curve_);
       }
       progress.tick(fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", loss, lr, rec.tokens_per_s));
       if (on_step_) on_step_(rec);
     }
-    sum.steps = options_.steps;
+    sum.steps = std::max(step, sum.first_step);
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return sum;
   }
@@ -300,6 +304,7 @@ class Trainer {
   AdamW opt_;
   study::Progress::Sink sink_ = study::Progress::default_sink();
   std::function<void(const StepRecord&)> on_step_;
+  std::size_t stop_at_ = 0;
   std::ofstream log_;
   LossCurve curve_;
 };

@@ -1,0 +1,92 @@
+// What every `fragile` subcommand shares: input and output path checks that name the option,
+// the thread count, TTY detection for progress, and a content hash for run fingerprints.
+#pragma once
+
+#include <fragile/backend/cpu.hpp>
+#include <fragile/core/error.hpp>
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <sstream>
+#include <string>
+#include <string_view>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace fragile::cli {
+
+inline constexpr std::string_view kVersion = "0.1.0";
+
+/// A regular, readable file (a FIFO or a directory would hang or fail later).
+inline void check_input_file(const std::filesystem::path& p, std::string_view option) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto st = fs::status(p, ec);
+  require<IoError>(fs::exists(st), "{} '{}': no such file", option, p.string());
+  require<IoError>(fs::is_regular_file(st), "{} '{}': not a regular file", option, p.string());
+}
+
+/// Creates the output folder. An existing non-empty one is refused unless the run resumes.
+inline void prepare_out_dir(const std::filesystem::path& dir, bool resume) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    require<IoError>(fs::is_directory(dir, ec), "--out '{}' exists and is not a directory",
+                     dir.string());
+    require<IoError>(resume || fs::is_empty(dir, ec),
+                     "--out '{}' is not empty (add --resume to continue its run, or choose "
+                     "another folder)", dir.string());
+    return;
+  }
+  fs::create_directories(dir, ec);
+  require<IoError>(!ec, "--out '{}': cannot create the folder: {}", dir.string(), ec.message());
+}
+
+inline void set_threads(int threads) {
+#if defined(_OPENMP)
+  if (threads > 0) omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
+
+inline bool stderr_is_tty() { return ::isatty(STDERR_FILENO) == 1; }
+
+/// FNV-1a over the bytes of `ids` (a content fingerprint, not a cryptographic hash).
+template <class T>
+std::uint64_t fnv1a64(std::span<const T> ids) {
+  std::uint64_t h = 1469598103934665603ull;
+  const auto* p = reinterpret_cast<const unsigned char*>(ids.data());
+  for (std::size_t i = 0; i < ids.size_bytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+template <class T, class A>
+std::uint64_t fnv1a64(const std::vector<T, A>& v) {
+  return fnv1a64(std::span<const T>(v));
+}
+
+template <class Model>
+std::size_t parameter_count(Model& m) {
+  std::size_t n = 0;
+  for (const auto& p : m.parameters()) n += p.value.size();
+  return n;
+}
+
+}  // namespace fragile::cli
+
+namespace fragile::io {
+/// The bytes of a file.
+inline std::string detail_read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  require<IoError>(static_cast<bool>(in), "cannot open '{}'", p.string());
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+}  // namespace fragile::io

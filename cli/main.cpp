@@ -1,0 +1,34 @@
+// fragile: the command-line tool. Each subcommand lives in its own header and only calls
+// library code. Errors are one line on stderr naming the input, with exit status 1 (2 for a
+// malformed command line).
+#include "train_command.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <exception>
+#include <functional>
+#include <new>
+
+int main(int argc, char** argv) {
+  CLI::App app{"fragile: layer-wise mixed-precision weight quantization of transformer LLMs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(fragile::cli::kVersion));
+  std::function<int()> action;
+  fragile::cli::add_train_command(app, action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return action ? action() : 0;
+  } catch (const fragile::Error& e) {
+    fmt::print(stderr, "fragile: error: {}\n", e.what());
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "fragile: error: out of memory (lower --batch, --seqlen or the model size)\n");
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "fragile: error: {}\n", e.what());
+  }
+  return 1;
+}
