@@ -55,12 +55,36 @@ if(NOT TARGET fragile::thrust)
   endif()
 endif()
 
+# OpenBLAS's sgemm (Debian's libopenblas-openmp-dev) for the CPU backend's GEMM: 1.2-1.4x
+# Eigen's on the runtime's shapes. Without it the CPU backend uses Eigen's GEMM.
+if(NOT DEFINED FRAGILE_USE_OPENBLAS)
+  set(FRAGILE_USE_OPENBLAS ON)
+endif()
+if(FRAGILE_USE_OPENBLAS AND NOT TARGET fragile::openblas)
+  find_path(FRAGILE_OPENBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas-openmp openblas
+    HINTS /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu)
+  find_library(FRAGILE_OPENBLAS_LIBRARY NAMES openblas)
+  if(FRAGILE_OPENBLAS_INCLUDE_DIR AND FRAGILE_OPENBLAS_LIBRARY)
+    add_library(fragile::openblas INTERFACE IMPORTED)
+    set_target_properties(fragile::openblas PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${FRAGILE_OPENBLAS_INCLUDE_DIR}"
+      INTERFACE_LINK_LIBRARIES "${FRAGILE_OPENBLAS_LIBRARY}"
+      INTERFACE_COMPILE_DEFINITIONS "FRAGILE_WITH_OPENBLAS=1")
+  else()
+    message(WARNING "fragile: OpenBLAS (libopenblas-openmp-dev) not found; the CPU backend "
+                    "uses Eigen's slower GEMM (scripts/install-deps.sh installs it)")
+  endif()
+endif()
+
 if(NOT TARGET fragile::deps)
   add_library(fragile::deps INTERFACE IMPORTED)
   set(_fragile_dep_targets Eigen3::Eigen xtensor nlohmann_json::nlohmann_json fmt::fmt
       Boost::headers fragile::pcre2 fragile::thrust)
   if(FRAGILE_ENABLE_OPENMP)
     list(APPEND _fragile_dep_targets OpenMP::OpenMP_CXX)
+  endif()
+  if(TARGET fragile::openblas)
+    list(APPEND _fragile_dep_targets fragile::openblas)
   endif()
   set_target_properties(fragile::deps PROPERTIES INTERFACE_LINK_LIBRARIES "${_fragile_dep_targets}")
 endif()

@@ -18,6 +18,9 @@
 
 namespace fragile::model::layers {
 
+using backend::Ops;
+using backend::Trans;
+
 struct AttentionShape {
   std::size_t batch = 0;
   std::size_t seq_len = 0;
@@ -41,10 +44,13 @@ using Dense = Eigen::Map<backend::Ops<cpu>::RowMajor>;
 
 /// S (T, T) = scale * Q K^T, then the row-wise probabilities P = exp(S - lse) on the visible
 /// keys and 0 elsewhere. When `lse_in` is null, computes lse into `lse_out` first.
-inline void attention_probs(Dense& s, const StridedConst& q, const StridedConst& k, float scale,
-                            const AttentionShape& sh, const float* lse_in, float* lse_out) {
+/// q and k point at the head's first row (row strides ldq, ldk); s is (T, T) contiguous.
+inline void attention_probs(Dense& s, const float* q, std::size_t ldq, const float* k,
+                            std::size_t ldk, float scale, const AttentionShape& sh,
+                            const float* lse_in, float* lse_out) {
   const std::size_t T = sh.seq_len;
-  s.noalias() = q * k.transpose();
+  Ops<cpu>::gemm_serial(Trans::kN, Trans::kT, T, T, sh.head_dim, 1.0f, q, ldq, k, ldk, 0.0f,
+                        s.data(), T);
   for (std::size_t t = 0; t < T; ++t) {
     float* row = s.data() + t * T;
     const std::size_t lo = sh.first_key(t);
@@ -81,14 +87,14 @@ inline void attention_forward(cpu, float* out, float* lse, const float* q, const
 #pragma omp for schedule(dynamic)
     for (std::size_t task = 0; task < tasks; ++task) {
       const std::size_t b = task / H, h = task % H, g = h / group;
-      detail::StridedConst qm(q + b * T * qd + h * D, I(T), I(D), Eigen::OuterStride<>(I(qd)));
-      detail::StridedConst km(k + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
-      detail::StridedConst vm(v + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
-      detail::Strided om(out + b * T * qd + h * D, I(T), I(D), Eigen::OuterStride<>(I(qd)));
+      const float* qh = q + b * T * qd + h * D;
+      const float* kh = k + b * T * kd + g * D;
+      const float* vh = v + b * T * kd + g * D;
       detail::Dense s(scratch.data(), I(T), I(T));
       float* lse_row = lse ? lse + (b * H + h) * T : lse_local.data();
-      detail::attention_probs(s, qm, km, scale, sh, nullptr, lse_row);
-      om.noalias() = s * vm;
+      detail::attention_probs(s, qh, qd, kh, kd, scale, sh, nullptr, lse_row);
+      Ops<cpu>::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, scratch.data(), T, vh, kd, 0.0f,
+                            out + b * T * qd + h * D, qd);
     }
   }
 }
@@ -108,23 +114,23 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
 #pragma omp for schedule(dynamic)
     for (std::size_t task = 0; task < tasks; ++task) {
       const std::size_t b = task / G, g = task % G;
-      detail::StridedConst km(k + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
-      detail::StridedConst vm(v + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
       detail::Strided dkm(dk + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
       detail::Strided dvm(dv + b * T * kd + g * D, I(T), I(D), Eigen::OuterStride<>(I(kd)));
       dkm.setZero();
       dvm.setZero();
       for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
         const std::size_t off = b * T * qd + h * D;
-        detail::StridedConst qm(q + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
         detail::StridedConst om(out + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
         detail::StridedConst dom(dout + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
-        detail::Strided dqm(dq + off, I(T), I(D), Eigen::OuterStride<>(I(qd)));
         detail::Dense p(p_buf.data(), I(T), I(T));
         detail::Dense dp(dp_buf.data(), I(T), I(T));
-        detail::attention_probs(p, qm, km, scale, sh, lse + (b * H + h) * T, nullptr);
-        dvm.noalias() += p.transpose() * dom;
-        dp.noalias() = dom * vm.transpose();
+        const float* kh = k + b * T * kd + g * D;
+        const float* vh = v + b * T * kd + g * D;
+        detail::attention_probs(p, q + off, qd, kh, kd, scale, sh, lse + (b * H + h) * T, nullptr);
+        Ops<cpu>::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, dout + off, qd,
+                              1.0f, dv + b * T * kd + g * D, kd);
+        Ops<cpu>::gemm_serial(Trans::kN, Trans::kT, T, T, D, 1.0f, dout + off, qd, vh, kd, 0.0f,
+                              dp_buf.data(), T);
         for (std::size_t t = 0; t < T; ++t) {
           float dsum = 0.0f;
           for (std::size_t j = 0; j < D; ++j) dsum += dom(I(t), I(j)) * om(I(t), I(j));
@@ -136,8 +142,10 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
           const float* dpr = dp_buf.data() + t * T;
           for (std::size_t j = 0; j < T; ++j) pr[j] = pr[j] * (dpr[j] - delta[t]) * scale;
         }
-        dqm.noalias() = p * km;
-        dkm.noalias() += p.transpose() * qm;
+        Ops<cpu>::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, kh, kd, 0.0f,
+                              dq + off, qd);
+        Ops<cpu>::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, q + off, qd,
+                              1.0f, dk + b * T * kd + g * D, kd);
       }
     }
   }

@@ -45,7 +45,7 @@ std::vector<data::Window> eval_windows(const io::AnyTokenizer& tok, std::size_t 
 }  // namespace
 
 TEST_CASE("embedded model: loads, and scores the evaluation book as its log says",
-          "[train][embedded]") {
+          "[models][embedded]") {
   const auto ckpt = io::load_model(model_dir());
   const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   const auto tok = io::load_tokenizer(model_dir() / "tokenizer.json");
@@ -83,7 +83,7 @@ TEST_CASE("embedded model: loads, and scores the evaluation book as its log says
 }
 
 TEST_CASE("embedded model: re-training its first steps reproduces the committed log",
-          "[train][embedded]") {
+          "[models][embedded]") {
   const char* kjv = std::getenv("FRAGILE_KJV_DIR");
   const std::filesystem::path train_text = kjv ? std::filesystem::path(kjv) / "train.txt" : "";
   if (!kjv || !std::filesystem::exists(train_text)) {
