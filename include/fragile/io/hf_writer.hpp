@@ -13,8 +13,9 @@
 //                           special-token strings, model_max_length} as transformers 5 writes
 //                           for a tokenizer built from a tokenizer.json alone
 // Every file is written atomically (io::write_atomically). Reading the directory back gives a
-// ModelConfig equal to `config` in every field the runtime reads, except that torch_dtype is
-// F32 (the tensors are stored as f32) and rope_style is kHalf (see below).
+// ModelConfig equal to `config` in every field the runtime reads; torch_dtype becomes F32 (the
+// tensors are stored as f32; hf_config_json alone writes the config's dtype) and rope_style
+// kHalf (see below).
 //
 // Fields the config class has but fragile does not model get the class defaults that
 // save_pretrained writes (attention_dropout 0, initializer_range 0.02, use_cache, pad_token_id
@@ -76,6 +77,19 @@ inline std::string_view hf_architecture_class(model::Architecture a) {
   return "?";
 }
 
+/// config.json's name of a storage dtype.
+inline std::string_view hf_dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    default: break;
+  }
+  raise<ConfigError>("hf_config_json: torch_dtype {} is not a floating-point checkpoint dtype "
+                     "(expected F32, F16 or BF16)",
+                     dtype_name(t));
+}
+
 inline nlohmann::json optional_id(const std::optional<int>& id) {
   return id ? nlohmann::json(*id) : nlohmann::json(nullptr);
 }
@@ -130,7 +144,7 @@ inline nlohmann::json hf_config_json_half(const model::ModelConfig& c) {
   j["bos_token_id"] = optional_id(c.bos_token_id);
   j["eos_token_id"] = eos_json(c);
   j["pad_token_id"] = nullptr;
-  j["dtype"] = "float32";  // the writer stores f32 tensors
+  j["dtype"] = std::string(hf_dtype_name(c.torch_dtype));
   j["head_dim"] = c.head_dim;
   j["hidden_act"] = "silu";
   j["hidden_size"] = c.hidden_size;
@@ -287,6 +301,7 @@ inline void write_hf_model(const std::filesystem::path& dir, const model::ModelC
   model::ModelConfig out_config = config;
   const bool permute = config.rope_style == model::RopeStyle::kInterleaved;
   out_config.rope_style = model::RopeStyle::kHalf;
+  out_config.torch_dtype = DType::kF32;  // the tensors are stored as f32
   const nlohmann::json config_json = detail::hf_config_json_half(out_config);
 
   // Check every tensor before touching the disk, so a bad call writes nothing.
