@@ -3,7 +3,7 @@
 # (0.87M parameters) with its own byte-level BPE tokenizer, trained by `fragile train` on the
 # King James Bible (Debian's bible-kjv-text), split by whole books (scripts/kjv_corpus.sh):
 # train on 64 books, calibrate on Proverbs, evaluate on John. One thread, so that the run is
-# bit-reproducible on any machine with the same instruction set (about 20 minutes).
+# bit-reproducible on a machine with the same instruction set and BLAS (about 12 minutes).
 #   Usage: scripts/make_embedded_model.sh [OUT] [BUILD]   (defaults: examples/models/kjv-tiny,
 #          build/default; needs the built `fragile` and `apt-get install bible-kjv`)
 set -euo pipefail
