@@ -101,6 +101,8 @@ inline int run_train(const TrainArgs& a) {
     io::BpeTrainerOptions bo;
     bo.vocab_size = a.vocab_size;
     bo.special_tokens = {std::string(kEndOfText)};
+    // transformers loads every qwen2 model's tokenizer with Qwen2's pre-tokenizer regex.
+    if (a.arch == "qwen2") bo.preset = io::PreTokenizerPreset::kQwen2;
     const auto trained = io::train_bpe(train_text, bo);
     trained.save(tok_path);
     tok = std::make_unique<io::AnyTokenizer>(trained.tokenizer());
