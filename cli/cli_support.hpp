@@ -9,9 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -79,14 +77,3 @@ std::size_t parameter_count(Model& m) {
 }
 
 }  // namespace fragile::cli
-
-namespace fragile::io {
-/// The bytes of a file.
-inline std::string detail_read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  require<IoError>(static_cast<bool>(in), "cannot open '{}'", p.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-}  // namespace fragile::io

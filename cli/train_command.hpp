@@ -86,7 +86,7 @@ inline int run_train(const TrainArgs& a) {
 
   // The tokenizer: given, or trained on the training text (deterministic, so a resumed run
   // re-trains the same one).
-  const fs::path tok_path = a.out / "tokenizer.json";
+  const fs::path tok_path = a.out / "tokenizer.json";  // where a trained tokenizer goes
   std::unique_ptr<io::AnyTokenizer> tok;
   if (!a.tokenizer.empty()) {
     check_input_file(a.tokenizer, "--tokenizer");
@@ -95,7 +95,6 @@ inline int run_train(const TrainArgs& a) {
     require<ArgumentError>(bpe != nullptr,
                            "--tokenizer '{}': fragile train writes Hugging Face models and needs a "
                            "tokenizer.json (byte-level BPE)", a.tokenizer.string());
-    io::write_atomically(tok_path, std::string_view(io::detail_read_file(a.tokenizer)));
   } else {
     if (show) fmt::print(stderr, "training a byte-level BPE tokenizer ({} tokens)\n", a.vocab_size);
     io::BpeTrainerOptions bo;
@@ -114,6 +113,7 @@ inline int run_train(const TrainArgs& a) {
   const auto eval_ids = tok->encode(eval_text);
   const auto config = train_config(a, tok->vocab_size(), eos);
   auto eval_windows = data::gptq_eval_windows(eval_ids, a.opt.seq_len, a.eval_tokens);
+  const std::size_t eval_window_count = eval_windows.size();
 
   model::Transformer<cpu> model(config, train::init_weights(config, a.seed));
   const nlohmann::json fingerprint = {
@@ -127,9 +127,7 @@ inline int run_train(const TrainArgs& a) {
   if (!show) trainer.set_progress_sink({});
   if (show)
     fmt::print(stderr, "{} parameters, {} training tokens, {} evaluation windows of {}\n",
-               parameter_count(model), train_ids.size(),
-               data::gptq_eval_windows(eval_ids, a.opt.seq_len, a.eval_tokens).size(),
-               a.opt.seq_len);
+               parameter_count(model), train_ids.size(), eval_window_count, a.opt.seq_len);
   trainer.stop_at(a.stop_after);
   const auto summary = trainer.run(a.resume);
   if (summary.steps < a.opt.steps) {
@@ -139,7 +137,7 @@ inline int run_train(const TrainArgs& a) {
   }
 
   io::HfWriteOptions wo;
-  wo.tokenizer_json = tok_path;
+  wo.tokenizer_json = a.tokenizer.empty() ? tok_path : a.tokenizer;  // copied into --out
   if (eos) wo.eos_token = std::string(kEndOfText);
   wo.overwrite = true;  // the folder holds the run's log and checkpoint
   io::write_hf_model(a.out, config, train::named_tensors(model), wo);
