@@ -32,6 +32,18 @@ if(NOT TARGET fragile::pcre2)
     INTERFACE_COMPILE_DEFINITIONS "PCRE2_CODE_UNIT_WIDTH=8")
 endif()
 
+# xxHash (libxxhash-dev), header-only (XXH_INLINE_ALL): content hashes of checkpoints and data
+# for run fingerprints, at memory speed on multi-gigabyte files.
+if(NOT TARGET fragile::xxhash)
+  find_path(FRAGILE_XXHASH_INCLUDE_DIR xxhash.h)
+  if(NOT FRAGILE_XXHASH_INCLUDE_DIR)
+    message(FATAL_ERROR "fragile: xxHash (libxxhash-dev) not found; run scripts/install-deps.sh")
+  endif()
+  add_library(fragile::xxhash INTERFACE IMPORTED)
+  set_target_properties(fragile::xxhash PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${FRAGILE_XXHASH_INCLUDE_DIR}")
+endif()
+
 # thrust: the CUDA toolkit's CCCL when present, otherwise Debian's libthrust-dev.
 # The CPU build runs thrust algorithms on the OpenMP device system (CPP without OpenMP).
 if(NOT TARGET fragile::thrust)
@@ -79,7 +91,7 @@ endif()
 if(NOT TARGET fragile::deps)
   add_library(fragile::deps INTERFACE IMPORTED)
   set(_fragile_dep_targets Eigen3::Eigen xtensor nlohmann_json::nlohmann_json fmt::fmt
-      Boost::headers fragile::pcre2 fragile::thrust)
+      Boost::headers fragile::pcre2 fragile::xxhash fragile::thrust)
   if(FRAGILE_ENABLE_OPENMP)
     list(APPEND _fragile_dep_targets OpenMP::OpenMP_CXX)
   endif()

@@ -11,7 +11,8 @@ packages=(
   libboost-math1.74-dev catch2 nlohmann-json3-dev libcli11-dev libfmt-dev
   libbenchmark-dev libthrust-dev libcub-dev libpcre2-dev libomp-dev
   clang libclang-rt-dev
-  bible-kjv libopenblas-openmp-dev
+  bible-kjv libopenblas-openmp-dev libxxhash-dev
+  gnuplot-nox chromium
 )
 missing=()
 for p in "${packages[@]}"; do

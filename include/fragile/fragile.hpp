@@ -5,6 +5,7 @@
 #include "fragile/core/dtype.hpp"
 #include "fragile/core/elementwise.hpp"
 #include "fragile/core/error.hpp"
+#include "fragile/core/content_hash.hpp"
 #include "fragile/core/mapped_file.hpp"
 #include "fragile/core/rng.hpp"
 #include "fragile/core/tensor.hpp"
@@ -63,5 +64,16 @@
 // statistics and studies
 #include "fragile/stats/bootstrap.hpp"
 #include "fragile/stats/correlation.hpp"
+#include "fragile/study/context.hpp"
+#include "fragile/study/correlation_table.hpp"
+#include "fragile/study/fragility_map.hpp"
+#include "fragile/study/open_store.hpp"
 #include "fragile/study/progress.hpp"
+#include "fragile/study/quant_setting.hpp"
+#include "fragile/study/report.hpp"
 #include "fragile/study/result_store.hpp"
+#include "fragile/study/results.hpp"
+#include "fragile/study/shootout.hpp"
+
+// export: plans and checkpoints for deployment tools
+#include "fragile/export/plan.hpp"

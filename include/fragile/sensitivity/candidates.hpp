@@ -19,10 +19,12 @@
 #include "fragile/quant/spec.hpp"
 #include "fragile/study/progress.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -126,8 +128,23 @@ inline std::vector<CandidateOption> bit_options(std::span<const int> bits,
   return out;
 }
 
+/// Where a data-reading quantizer's inputs come from.
+enum class CandidateInputs {
+  /// One capture pass of the FP model: every layer sees FP inputs (the metrics' view: each
+  /// layer's error in the otherwise-FP model).
+  kFullPrecision,
+  /// GPTQ's sequential protocol: block b's layers see the inputs of the model whose blocks
+  /// 0..b-1 are already quantized under the same option (one capture pass per block and option).
+  kQuantizedPrefix,
+};
+
+inline std::string_view candidate_inputs_name(CandidateInputs i) noexcept {
+  return i == CandidateInputs::kFullPrecision ? "fp" : "quantized-prefix";
+}
+
 struct CandidateOptions {
   std::vector<std::size_t> layers = {};  ///< linear indices; empty = all
+  CandidateInputs inputs = CandidateInputs::kFullPrecision;  ///< for data-reading quantizers
   std::size_t batch_size = 1;            ///< windows per forward of the calibration pass
   study::Progress::Sink progress = study::Progress::default_sink();
 };
@@ -177,6 +194,66 @@ struct CalibrationCollector {
 };
 }  // namespace detail
 
+namespace detail {
+/// kQuantizedPrefix: per option, block by block, each block's layers quantized from the
+/// inputs of the model whose earlier blocks already carry this option's candidates.
+template <class B, quant::Quantizer Q>
+CandidateSet quantize_candidates_sequential(const model::Transformer<B>& model, const Q& quantizer,
+                                            std::span<const CandidateOption> options,
+                                            std::span<const data::Window> calibration,
+                                            const std::vector<std::size_t>& layers,
+                                            const CandidateOptions& opt,
+                                            std::vector<std::string> labels,
+                                            std::vector<double> values) {
+  const auto& linears = model.linears();
+  std::vector<model::Window> tokens;
+  for (const auto& w : calibration) tokens.push_back(w.tokens);
+  std::vector<std::size_t> blocks;
+  for (auto l : layers)
+    if (std::find(blocks.begin(), blocks.end(), linears[l].block) == blocks.end())
+      blocks.push_back(linears[l].block);
+  std::sort(blocks.begin(), blocks.end());
+  std::vector<std::vector<Candidate>> per_layer(linears.size());
+  study::Progress progress("quantize candidates (quantized prefix)", options.size() * layers.size(),
+                           0, opt.progress);
+  for (const auto& o : options) {
+    auto ov = model.make_overrides();
+    std::vector<MatrixF> fake(linears.size());
+    for (auto b : blocks) {
+      std::vector<std::size_t> in_block;
+      for (auto l : layers)
+        if (linears[l].block == b) in_block.push_back(l);
+      CalibrationCollector calib{in_block, quant::has(Q::needs, quant::Needs::kActivations),
+                                 std::vector<quant::HessianAccumulator>(in_block.size()),
+                                 std::vector<MatrixF>(in_block.size())};
+      model::CaptureOptions co;
+      co.batch_size = opt.batch_size;
+      co.layers = in_block;
+      model.capture_with(tokens, co, &ov, calib);
+      for (std::size_t i = 0; i < in_block.size(); ++i) {
+        const auto& li = linears[in_block[i]];
+        const auto w = model.weight(li.index);
+        Eigen::Map<const MatrixF> wm(w.data(), static_cast<Eigen::Index>(li.out_features),
+                                     static_cast<Eigen::Index>(li.in_features));
+        quant::LayerCapture capture(li.name);
+        capture.with_hessian(calib.h[i]);
+        if (calib.keep_x) capture.with_activations(calib.x[i]);
+        per_layer[li.index].push_back(make_candidate(o, quantizer.quantize(wm, o.spec, capture)));
+        fake[li.index] = per_layer[li.index].back().dequantize();
+        progress.tick(li.name);
+      }
+      // The next block sees this block quantized.
+      for (auto l : in_block)
+        ov.set(l, std::span<const float>(fake[l].data(), static_cast<std::size_t>(fake[l].size())),
+               linears[l].out_features, linears[l].in_features);
+    }
+  }
+  CandidateSet set(linears.size(), std::move(labels), std::move(values));
+  for (auto l : layers) set.set(l, std::move(per_layer[l]));
+  return set;
+}
+}  // namespace detail
+
 /// Quantizes every (selected) linear layer of `model` under every option with `quantizer`.
 /// `calibration` feeds quantizers that read data (ignored by RTN); it must be non-empty then.
 template <class B, quant::Quantizer Q>
@@ -205,6 +282,15 @@ CandidateSet quantize_candidates(const model::Transformer<B>& model, const Q& qu
                 "gradients (channel importance), quantize each layer yourself and fill "
                 "CandidateSet::set");
   constexpr bool kReadsData = Q::needs != quant::Needs::kWeights;
+  if constexpr (kReadsData) {
+    if (opt.inputs == CandidateInputs::kQuantizedPrefix) {
+      require<ArgumentError>(!calibration.empty(),
+                             "quantize_candidates: the quantizer reads calibration data, but no "
+                             "calibration windows were given");
+      return detail::quantize_candidates_sequential(model, quantizer, options, calibration, layers,
+                                                    opt, labels, values);
+    }
+  }
   detail::CalibrationCollector calib{layers, quant::has(Q::needs, quant::Needs::kActivations),
                                      std::vector<quant::HessianAccumulator>(layers.size()),
                                      std::vector<MatrixF>(layers.size())};

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Bad input to the `fragile` study commands: each case must exit non-zero with one line on
+# stderr that names the input and says what was expected, without a crash or a hang.
+# Usage: cli_errors.sh <fragile> <scratch dir> [shared data dir]
+set -uo pipefail
+fragile=$1 work=$2 data=${3:-}
+rm -rf "$work" && mkdir -p "$work"
+fails=0
+# expect <status> <stderr substring> -- <args...>
+expect() {
+  local want=$1 needle=$2; shift 3
+  local err status
+  err=$(timeout 60 "$fragile" "$@" 2>&1 >/dev/null)
+  status=$?
+  local lines
+  lines=$(printf '%s\n' "$err" | grep -c .)
+  if [ "$status" != "$want" ] || [[ "$err" != *"$needle"* ]] || [ "$lines" != 1 ]; then
+    echo "FAIL: fragile $* -> status $status (want $want), $lines line(s):"
+    printf '%s\n' "$err" | sed 's/^/    /'
+    fails=$((fails + 1))
+  else
+    echo "ok: fragile $*: $err"
+  fi
+}
+printf 'In the beginning was the Word.\n' > "$work/short.txt"
+: > "$work/a-file"
+mkfifo "$work/fifo"
+
+expect 2 "--bits: Value 9 not in range" -- map --bits 9 --out "$work/o1"
+expect 2 "--calib-windows" -- map --calib-windows -1 --out "$work/o1"
+expect 2 "--quantizer: foo not in" -- map --quantizer foo --out "$work/o1"
+expect 2 "--out is required" -- shootout
+expect 1 "--model '/nonexistent': no such file or directory" -- map --model /nonexistent --out "$work/o2"
+expect 1 "--model '$work/fifo': not a regular file" -- map --model "$work/fifo" --out "$work/o3"
+expect 1 "--eval '$work/fifo': not a regular file" -- map --eval "$work/fifo" --out "$work/o4"
+expect 1 "shorter than one window of --seqlen 128" -- map --eval "$work/short.txt" --out "$work/o5"
+expect 1 "--out '$work/a-file' exists and is not a directory" -- map --out "$work/a-file"
+expect 1 "--seqlen 4096: expected 2 to the model's context of 128" -- map --seqlen 4096 --out "$work/o6"
+expect 1 "--budget 1.5: outside the feasible range [2, 8] bits/weight" -- shootout --budget 1.5 --out "$work/o7"
+expect 1 "--budget 9: outside the feasible range [2, 8] bits/weight" -- allocate --budget 9 --out "$work/o8"
+expect 1 "plan '$work/short.txt': not valid JSON" -- eval --plan "$work/short.txt"
+expect 1 "give exactly one of --plan FILE or --checkpoint DIR" -- eval
+expect 1 "results.json" -- report --out "$work"
+if [ -n "$data" ] && [ -d "$data/tokenizers/gpt2" ]; then
+  expect 1 "has 50257 tokens, the model's embedding only 1024" -- \
+    map --tokenizer "$data/tokenizers/gpt2" --out "$work/o9"
+else
+  echo "skipped: tokenizer mismatch case (shared data absent)"
+fi
+[ "$fails" = 0 ] || { echo "$fails case(s) failed"; exit 1; }
+echo "all error cases passed"
