@@ -59,13 +59,17 @@ struct StudyArgs {
                                        : sensitivity::CandidateInputs::kFullPrecision;
     return q;
   }
+  static nlohmann::json opt_json(const std::optional<std::size_t>& v) {
+    return v ? nlohmann::json(*v) : nlohmann::json("default");
+  }
   /// Every option that shapes the results, as given (paths as typed), for results.json's
   /// "config"; how the run was carried out (run_echo) goes to its "run" section.
   [[nodiscard]] nlohmann::json echo() const {
     return {{"model", context.model.string()},      {"tokenizer", context.tokenizer.string()},
             {"calib", context.calib.string()},      {"eval", context.eval.string()},
             {"text_format", text_format},           {"seqlen", context.seqlen},
-            {"calib_windows", context.calib_windows}, {"eval_tokens", context.eval_tokens},
+            {"calib_windows", opt_json(context.calib_windows)},
+            {"eval_tokens", opt_json(context.eval_tokens)},
             {"protocol", protocol},                 {"seed", context.seed},
             {"batch", context.batch},               {"quantizer", quantizer},
             {"bits", bits},                         {"group_size", group_size},
@@ -90,9 +94,9 @@ inline void add_study_options(CLI::App* c, StudyArgs& a, bool needs_out = true) 
       ->check(CLI::IsMember({"plain", "tinystories", "wikitext2-raw"}));
   c->add_option("--seqlen", a.context.seqlen, "tokens per window (0: the model's context, at most 2048)")
       ->check(CLI::Range(0, 1 << 20, "0 to 1048576"));
-  c->add_option("--calib-windows", a.context.calib_windows, "calibration windows (GPTQ: 128)")
+  c->add_option("--calib-windows", a.context.calib_windows, "calibration windows (default: 128, GPTQ's; stories260K: 32)")
       ->check(CLI::Range(1, 1 << 20, "1 to 1048576"));
-  c->add_option("--eval-tokens", a.context.eval_tokens, "evaluation token budget (0: all)")
+  c->add_option("--eval-tokens", a.context.eval_tokens, "evaluation token budget (0: all; default all, stories260K: 32768)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 40, "0 to 2^40"));
   c->add_option("--protocol", a.protocol, "perplexity protocol")
       ->check(CLI::IsMember({"gptq", "llamacpp"}));

@@ -82,14 +82,18 @@ struct ContextOptions {
   std::filesystem::path calib, eval;         ///< empty: the named model's own texts
   std::optional<TextFormat> text_format;     ///< unset: the named model's, else plain
   std::size_t seqlen = 0;                    ///< 0: the model's context, at most 2048
-  std::size_t calib_windows = 128;           ///< GPTQ's nsamples
-  std::size_t eval_tokens = 0;               ///< 0: the whole evaluation text
+  /// Unset: the named model's (stories260K: 32), else GPTQ's nsamples, 128.
+  std::optional<std::size_t> calib_windows;
+  /// 0: the whole evaluation text; unset: the named model's (stories260K: 32768), else 0.
+  std::optional<std::size_t> eval_tokens;
   eval::PerplexityProtocol protocol = eval::PerplexityProtocol::kGptq;
   std::uint64_t seed = 0;                    ///< calibration sampling (and label sampling)
   std::size_t batch = 8;                     ///< windows per forward (does not change numbers)
 };
 
-/// Resolves a named model and fills in its texts and format where the options leave them open.
+/// Resolves a named model and fills in its texts, format and data amounts where the options
+/// leave them open. stories260K's defaults keep its map within a few minutes on 2 cores (its
+/// TinyStories evaluation text is ~130k tokens).
 inline ContextOptions resolve(ContextOptions o) {
   namespace fs = std::filesystem;
   auto fill = [&](const fs::path& calib, const fs::path& eval, TextFormat format) {
@@ -108,8 +112,12 @@ inline ContextOptions resolve(ContextOptions o) {
                      "data folder)", o.model.string());
     fill(d / "text/tinystories/calib_data00_667.txt", d / "text/tinystories/valid_0001-0500.txt",
          TextFormat::kTinyStories);
+    if (!o.calib_windows) o.calib_windows = 32;
+    if (!o.eval_tokens) o.eval_tokens = 32768;
   }
   if (!o.text_format) o.text_format = TextFormat::kPlain;
+  if (!o.calib_windows) o.calib_windows = 128;
+  if (!o.eval_tokens) o.eval_tokens = 0;
   return o;
 }
 
@@ -134,8 +142,8 @@ class Context {
     require<ArgumentError>(!opt_.eval.empty(), "--eval: no evaluation text given");
     check_regular_file(opt_.calib, "--calib");
     check_regular_file(opt_.eval, "--eval");
-    require<ArgumentError>(opt_.calib_windows > 0 && opt_.calib_windows <= (1u << 20),
-                           "--calib-windows {}: expected 1 to 1048576", opt_.calib_windows);
+    require<ArgumentError>(*opt_.calib_windows > 0 && *opt_.calib_windows <= (1u << 20),
+                           "--calib-windows {}: expected 1 to 1048576", *opt_.calib_windows);
     require<ArgumentError>(opt_.batch > 0 && opt_.batch <= 4096, "--batch {}: expected 1 to 4096",
                            opt_.batch);
 
@@ -174,17 +182,19 @@ class Context {
       require<ArgumentError>(eval_ids.size() >= opt_.seqlen,
                              "--eval '{}': {} tokens, shorter than one window of --seqlen {}",
                              opt_.eval.string(), eval_ids.size(), opt_.seqlen);
-      eval_ = data::gptq_eval_windows(eval_ids, opt_.seqlen, opt_.eval_tokens);
+      eval_ = data::gptq_eval_windows(eval_ids, opt_.seqlen, *opt_.eval_tokens);
     } else {
       require<ArgumentError>(eval_ids.size() >= 2 * opt_.seqlen,
                              "--eval '{}': {} tokens, the llama.cpp protocol needs at least "
                              "2 x --seqlen = {}", opt_.eval.string(), eval_ids.size(),
                              2 * opt_.seqlen);
-      eval_ = data::llamacpp_eval_windows(eval_ids, opt_.seqlen, tok_->bos_id(), opt_.eval_tokens);
+      eval_ = data::llamacpp_eval_windows(eval_ids, opt_.seqlen, tok_->bos_id(),
+                                           *opt_.eval_tokens);
     }
     require<ArgumentError>(!eval_.empty(), "--eval-tokens {}: less than one window of {} tokens",
-                           opt_.eval_tokens, opt_.seqlen);
-    calib_ = data::sample_calibration_windows(calib_ids, opt_.calib_windows, opt_.seqlen, opt_.seed);
+                           *opt_.eval_tokens, opt_.seqlen);
+    calib_ = data::sample_calibration_windows(calib_ids, *opt_.calib_windows, opt_.seqlen,
+                                              opt_.seed);
     model_ = std::make_unique<model::Transformer<>>(cfg, ckpt_->weights);
 
     ContentHash weights;
