@@ -43,11 +43,7 @@ inline const std::map<std::string, std::string>& allocate_metrics() {
 
 inline int run_allocate(const AllocateArgs& a) {
   const auto bits = study::candidate_bit_widths(a.study.candidate_bits, {a.study.bits});
-  if (a.accounting == "paper")  // the feasible range is the candidate widths': say so first
-    require<BudgetError>(a.budget >= bits.front() && a.budget <= bits.back(),
-                         "--budget {}: outside the feasible range [{}, {}] bits/weight (paper "
-                         "accounting over the candidate widths)", a.budget, bits.front(),
-                         bits.back());
+  if (a.accounting == "paper") check_paper_budget(a.budget, bits);
   set_threads(a.study.threads);
   prepare_out_dir(a.study.out, a.study.resume);
   const study::Context ctx(a.study.context_options());

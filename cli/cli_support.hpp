@@ -1,9 +1,11 @@
-// What every `fragile` subcommand shares: input and output path checks that name the option,
+// What every `fragile` subcommand shares: output folder checks that name the option (input
+// files: study::check_regular_file),
 // the thread count, TTY detection for progress, and a content hash for run fingerprints.
 #pragma once
 
 #include <fragile/backend/cpu.hpp>
 #include <fragile/core/error.hpp>
+#include <fragile/study/context.hpp>
 
 #include <unistd.h>
 
@@ -20,15 +22,6 @@
 namespace fragile::cli {
 
 inline constexpr std::string_view kVersion = "0.1.0";
-
-/// A regular, readable file (a FIFO or a directory would hang or fail later).
-inline void check_input_file(const std::filesystem::path& p, std::string_view option) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const auto st = fs::status(p, ec);
-  require<IoError>(fs::exists(st), "{} '{}': no such file", option, p.string());
-  require<IoError>(fs::is_regular_file(st), "{} '{}': not a regular file", option, p.string());
-}
 
 /// Creates the output folder. An existing non-empty one is refused unless the run resumes.
 inline void prepare_out_dir(const std::filesystem::path& dir, bool resume) {

@@ -46,13 +46,8 @@ inline void add_shootout_command(CLI::App& app, std::function<int()>& action) {
       so.oracle_mckp = a->oracle_mckp;
       so.progress = a->map.study.progress();
       const auto mo = a->map.map_options(study::shootout_bit_widths(so.budgets));
-      // Paper accounting: the feasible range is the candidate widths'; say so before any work.
       if (so.accounting == study::BudgetAccounting::kPaper)
-        for (double B : so.budgets)
-          require<BudgetError>(B >= mo.candidate_bits.front() && B <= mo.candidate_bits.back(),
-                               "--budget {}: outside the feasible range [{}, {}] bits/weight "
-                               "(paper accounting over the candidate widths)",
-                               B, mo.candidate_bits.front(), mo.candidate_bits.back());
+        for (double B : so.budgets) check_paper_budget(B, mo.candidate_bits);
       MapRun run;
       start_map_run(run, a->map, mo, "shootout", {{"shootout", {{"budgets", so.budgets},
                                                                 {"accounting", a->accounting},

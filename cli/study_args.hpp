@@ -127,6 +127,15 @@ inline void add_study_options(CLI::App* c, StudyArgs& a, bool needs_out = true) 
   c->add_option("--gnuplot", a.gnuplot, "gnuplot executable for the plots ('' : none)");
 }
 
+/// With paper accounting the feasible budgets are the candidate widths' range: checked before
+/// any work, with the range stated.
+inline void check_paper_budget(double budget, const std::vector<int>& candidate_bits) {
+  require<BudgetError>(budget >= candidate_bits.front() && budget <= candidate_bits.back(),
+                       "--budget {}: outside the feasible range [{}, {}] bits/weight (paper "
+                       "accounting over the candidate widths)", budget, candidate_bits.front(),
+                       candidate_bits.back());
+}
+
 /// A study's result store in its --out folder, fingerprinted by content and options.
 inline study::ResultStore open_study_store(const StudyArgs& a, const study::Context& ctx,
                                            const nlohmann::json& numeric_options) {

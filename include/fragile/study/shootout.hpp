@@ -138,6 +138,10 @@ inline ShootoutResult run_shootout(const Context& ctx, const MapResult& map,
   if (opt.oracle_mckp) {
     const auto t0 = Clock::now();
     for (std::size_t o = 0; o < O; ++o) {
+      if (o == map.bits_option && map.quantize.rows.size() == L) {  // the map measured it
+        for (std::size_t l = 0; l < L; ++l) u_kl[o][l] = map.quantize.rows[l].delta_kl;
+        continue;
+      }
       const auto fake = map.candidates.dequantized(o);
       const auto oo = oracle_options(ctx, map.quant.label(map.candidate_bits[o]), store,
                                      reference, opt.progress);
