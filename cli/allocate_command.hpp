@@ -90,6 +90,7 @@ inline int run_allocate(const AllocateArgs& a) {
   plan.architecture = std::string(model::architecture_name(ctx.config().architecture));
   plan.weights_xxh3 = ctx.weights_hash();
   plan.quantizer = quant.to_json();
+  plan.quantizer["hyperparameters"] = study::quantizer_hyperparameters(quant.quantizer);
   plan.metric = a.metric;
   plan.allocator = as.allocator;
   plan.budget = {{"bits_per_weight", a.budget}, {"accounting", a.accounting},
@@ -99,7 +100,8 @@ inline int run_allocate(const AllocateArgs& a) {
                                                                      study::BudgetAccounting::kExact)}};
   for (std::size_t l = 0; l < map.layers.size(); ++l)
     plan.layers.push_back({map.layers[l].name, bits[as.option[l]], quant.group_size,
-                           quant.symmetric, map.candidates.at(l, as.option[l]).cost_bits});
+                           quant.symmetric, map.candidates.at(l, as.option[l]).cost_bits,
+                           std::string(study::quantizer_name(quant.quantizer))});
   plan.write(a.study.out / "plan.json");
 
   study::ResultsDocument doc;

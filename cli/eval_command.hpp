@@ -1,12 +1,14 @@
 // `fragile eval`: PPL, KL to FP and top-1 agreement of a plan (--plan: each layer quantized as
-// the plan says) or of a quantized checkpoint (--checkpoint: its linear weights evaluated in
-// place of the FP model's; every other tensor must equal the FP model's).
+// the plan says, with f16 scales as deployed) or of a quantized checkpoint (--checkpoint: its
+// linear weights evaluated in place of the FP model's; every other tensor must equal the FP
+// model's).
 #pragma once
 
 #include "study_args.hpp"
 
 #include <fragile/eval/divergence.hpp>
 #include <fragile/export/plan.hpp>
+#include <fragile/export/quantize_plan.hpp>
 #include <fragile/study/fragility_map.hpp>
 
 #include <CLI/CLI.hpp>
@@ -24,41 +26,17 @@ struct EvalArgs {
   std::filesystem::path plan, checkpoint;
 };
 
-/// Q(W) of every linear as the plan says: one candidate pass per distinct (bits, grid).
+/// Q(W) of every linear as the plan says, in its deployed form (exporting::quantize_plan: what
+/// `fragile quantize` writes).
 inline std::vector<MatrixF> plan_weights(const study::Context& ctx, const exporting::Plan& plan,
                                          const std::string& source, const StudyArgs& a) {
   const auto layers = plan.for_model(ctx.model(), source, ctx.weights_hash());
-  study::QuantSetting q = a.quant_setting();
-  if (plan.quantizer.contains("quantizer") && plan.quantizer["quantizer"].is_string()) {
-    const auto k = study::parse_quantizer(plan.quantizer["quantizer"].get<std::string>());
-    require<ConfigError>(k.has_value(), "plan '{}': unknown quantizer {}", source,
-                         plan.quantizer["quantizer"].dump());
-    q.quantizer = *k;
-  }
-  if (plan.quantizer.contains("inputs") && plan.quantizer["inputs"] == "quantized-prefix")
-    q.inputs = sensitivity::CandidateInputs::kQuantizedPrefix;
-  std::map<std::tuple<int, int, bool>, std::vector<std::size_t>> by_spec;
-  for (std::size_t l = 0; l < layers.size(); ++l)
-    by_spec[{layers[l].bits, layers[l].group_size, layers[l].symmetric}].push_back(l);
-  std::vector<MatrixF> out(layers.size());
-  for (const auto& [spec, ls] : by_spec) {
-    study::QuantSetting s = q;
-    s.group_size = std::get<1>(spec);
-    s.symmetric = std::get<2>(spec);
-    const sensitivity::CandidateOption option{fmt::format("{}bit", std::get<0>(spec)),
-                                              s.spec(std::get<0>(spec))};
-    sensitivity::CandidateOptions co;
-    co.layers = ls;
-    co.batch_size = ctx.options().batch;
-    co.inputs = s.inputs;
-    co.progress = a.progress();
-    const auto cands = study::visit_quantizer(s.quantizer, [&](const auto& quantizer) {
-      return sensitivity::quantize_candidates(ctx.model(), quantizer,
-                                              std::span<const sensitivity::CandidateOption>(&option, 1),
-                                              ctx.calibration(), co);
-    });
-    for (auto l : ls) out[l] = cands.at(l, 0).dequantize();
-  }
+  const auto q = exporting::quantize_plan(
+      ctx.model(), layers, exporting::plan_quant_setting(plan, source, a.quant_setting()),
+      ctx.calibration(), {.batch_size = ctx.options().batch, .progress = a.progress()});
+  std::vector<MatrixF> out;
+  out.reserve(q.size());
+  for (const auto& w : q) out.push_back(w.dequantize());
   return out;
 }
 
@@ -96,6 +74,31 @@ inline std::vector<MatrixF> checkpoint_weights(const study::Context& ctx,
   return out;
 }
 
+/// PPL, KL and top-1 of `w` (every linear's weight) against the FP model, into `what`.
+inline void evaluate_weights(const study::Context& ctx, const std::vector<MatrixF>& w,
+                             nlohmann::json& what) {
+  const auto& model = ctx.model();
+  const auto ref = eval::make_reference(model, ctx.evaluation(),
+                                        {.protocol = ctx.options().protocol,
+                                         .batch_size = ctx.options().batch});
+  auto ov = model.make_overrides();
+  for (const auto& li : model.linears())
+    ov.set(li.index, std::span<const float>(w[li.index].data(), static_cast<std::size_t>(w[li.index].size())),
+           li.out_features, li.in_features);
+  const auto d = eval::divergence(model, ctx.evaluation(), ref, &ov);
+  what["fp_ppl"] = ref.perplexity.perplexity;
+  what["ppl"] = d.perplexity.perplexity;
+  what["kl"] = d.mean_kl;
+  what["top1"] = d.top1_agreement;
+  what["tokens"] = d.perplexity.tokens;
+}
+
+inline void print_evaluation(const nlohmann::json& what) {
+  fmt::print("FP PPL {:.4f} | quantized PPL {:.4f} | KL {:.5f} | top-1 {:.4f} ({} tokens)\n",
+             what["fp_ppl"].get<double>(), what["ppl"].get<double>(), what["kl"].get<double>(),
+             what["top1"].get<double>(), what["tokens"].get<std::size_t>());
+}
+
 inline int run_eval(const EvalArgs& a) {
   require<ArgumentError>(a.plan.empty() != a.checkpoint.empty(),
                          "fragile eval: give exactly one of --plan FILE or --checkpoint DIR");
@@ -113,23 +116,8 @@ inline int run_eval(const EvalArgs& a) {
     w = checkpoint_weights(ctx, a.checkpoint);
     what = {{"checkpoint", a.checkpoint.string()}};
   }
-  const auto& model = ctx.model();
-  const auto ref = eval::make_reference(model, ctx.evaluation(),
-                                        {.protocol = ctx.options().protocol,
-                                         .batch_size = ctx.options().batch});
-  auto ov = model.make_overrides();
-  for (const auto& li : model.linears())
-    ov.set(li.index, std::span<const float>(w[li.index].data(), static_cast<std::size_t>(w[li.index].size())),
-           li.out_features, li.in_features);
-  const auto d = eval::divergence(model, ctx.evaluation(), ref, &ov);
-  what["fp_ppl"] = ref.perplexity.perplexity;
-  what["ppl"] = d.perplexity.perplexity;
-  what["kl"] = d.mean_kl;
-  what["top1"] = d.top1_agreement;
-  what["tokens"] = d.perplexity.tokens;
-  fmt::print("FP PPL {:.4f} | quantized PPL {:.4f} | KL {:.5f} | top-1 {:.4f} ({} tokens)\n",
-             ref.perplexity.perplexity, d.perplexity.perplexity, d.mean_kl, d.top1_agreement,
-             d.perplexity.tokens);
+  evaluate_weights(ctx, w, what);
+  print_evaluation(what);
   if (!a.study.out.empty()) {
     study::ResultsDocument doc;
     doc.command = "eval";

@@ -28,8 +28,13 @@ Qwen2Tokenizer, which replaces tokenizer.json's pre-tokenizer by Qwen2's own spl
 (single digits, ...). That is right for real Qwen2 tokenizers; a tokenizer.json with another
 pre-tokenizer is then tokenized differently from fragile and the token counts printed here differ.
 
-With --expect-ppl the exit status is 1 unless |ppl / X - 1| <= 1e-4 (2 on usage errors).
-Needs torch and transformers (5.x: the config.json layout the writer produces).
+With --expect-ppl the exit status is 1 unless |ppl / X - 1| <= --tolerance (default 1e-4; 2 on
+usage errors). Needs torch and transformers (5.x: the config.json layout the writer produces).
+
+--loader gptqmodel loads a packed GPTQ checkpoint (`fragile quantize`'s gptq/) with GPTQModel
+instead, on the CPU with its torch kernel, which computes in float16 (so compare with a looser
+--tolerance); it first checks that every quantized module got the bits and group size that the
+checkpoint's quantization_config (with its `dynamic` overrides) gives it.
 """
 import argparse
 import math
@@ -90,6 +95,35 @@ def documents_of(text):
     return split_documents(text) if has_separator else [text]
 
 
+def load_gptqmodel(path):
+    """The model GPTQModel builds from a packed checkpoint, after checking each module's width."""
+    import json
+    import re
+    import torch
+    from gptqmodel import BACKEND, GPTQModel
+
+    qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+    m = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)
+    model = m.model
+    checked = 0
+    for name, mod in model.named_modules():
+        if not hasattr(mod, "qweight"):
+            continue
+        bits, group = qc["bits"], qc["group_size"]
+        for key, over in (qc.get("dynamic") or {}).items():
+            if re.match(key[2:] if key[:2] in ("+:", "-:") else key, name):
+                bits, group = over.get("bits", bits), over.get("group_size", group)
+        got_group = getattr(mod, "group_size", group)
+        if mod.bits != bits or (group > 0 and got_group != group):
+            sys.exit(f"{name}: GPTQModel built {mod.bits}-bit group {got_group}, the checkpoint "
+                     f"says {bits}-bit group {group}")
+        checked += 1
+    if not checked:
+        sys.exit(f"{path}: GPTQModel built no quantized modules")
+    print(f"GPTQModel: {checked} quantized modules with the checkpoint's widths")
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir", help="HF model directory (config.json, model.safetensors, tokenizer)")
@@ -101,6 +135,10 @@ def main():
     ap.add_argument("--bos", choices=["config", "none"], default="config",
                     help="prepend the config's bos_token_id to each document (default) or not")
     ap.add_argument("--batch", type=int, default=8, help="windows per forward pass")
+    ap.add_argument("--tolerance", type=float, default=TOLERANCE,
+                    help=f"relative tolerance of --expect-ppl (default {TOLERANCE})")
+    ap.add_argument("--loader", choices=["transformers", "gptqmodel"], default="transformers",
+                    help="load with transformers (float32) or GPTQModel (packed GPTQ, float16)")
     args = ap.parse_args()
     if args.seqlen < 2:
         ap.error("--seqlen must be at least 2 (one input, one target)")
@@ -111,8 +149,11 @@ def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_grad_enabled(False)
-    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32,
-                                                 attn_implementation="eager")
+    if args.loader == "gptqmodel":
+        model = load_gptqmodel(args.dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32,
+                                                     attn_implementation="eager")
     model.to("cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(args.dir)
 
@@ -155,9 +196,9 @@ def main():
     print(f"ppl {ppl:.10g}")
     if args.expect_ppl is not None:
         rel = abs(ppl / args.expect_ppl - 1.0)
-        ok = rel <= TOLERANCE
+        ok = rel <= args.tolerance
         print(f"expected {args.expect_ppl:.10g}  relative difference {rel:.3g}  "
-              f"{'OK' if ok else 'MISMATCH'} (tolerance {TOLERANCE})")
+              f"{'OK' if ok else 'MISMATCH'} (tolerance {args.tolerance})")
         return 0 if ok else 1
     return 0
 

@@ -18,12 +18,13 @@
 
 namespace fragile {
 
-enum class DType : std::uint8_t { kF32, kF16, kBF16, kI8, kU8 };
+enum class DType : std::uint8_t { kF32, kF16, kBF16, kI8, kU8, kI32 };
 
 /// Bytes per element.
 constexpr std::size_t dtype_size(DType t) noexcept {
   switch (t) {
-    case DType::kF32: return 4;
+    case DType::kF32:
+    case DType::kI32: return 4;
     case DType::kF16:
     case DType::kBF16: return 2;
     case DType::kI8:
@@ -32,7 +33,7 @@ constexpr std::size_t dtype_size(DType t) noexcept {
   return 0;
 }
 
-/// The safetensors spelling ("F32", "F16", "BF16", "I8", "U8").
+/// The safetensors spelling ("F32", "F16", "BF16", "I8", "U8", "I32").
 constexpr std::string_view dtype_name(DType t) noexcept {
   switch (t) {
     case DType::kF32: return "F32";
@@ -40,11 +41,12 @@ constexpr std::string_view dtype_name(DType t) noexcept {
     case DType::kBF16: return "BF16";
     case DType::kI8: return "I8";
     case DType::kU8: return "U8";
+    case DType::kI32: return "I32";
   }
   return "?";
 }
 
-/// Parses a safetensors dtype name; throws IoError naming `what` (the tensor) otherwise.
+/// Parses the name of a dtype fragile reads (I32 is written only, for packed GPTQ weights); throws IoError naming `what` (the tensor) otherwise.
 inline DType parse_dtype(std::string_view name, std::string_view what) {
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8, DType::kU8})
     if (dtype_name(t) == name) return t;
@@ -117,7 +119,7 @@ inline std::uint16_t load_u16(const std::byte* p) noexcept {
 }  // namespace detail
 
 /// Converts `n` elements of a stored tensor (`src`, dtype `t`, any alignment) to f32.
-/// I8/U8 convert by value.
+/// Integer types convert by value.
 inline void convert_to_f32(DType t, const void* src, float* dst, std::size_t n) noexcept {
   const auto* bytes = static_cast<const std::byte*>(src);
   switch (t) {
@@ -142,6 +144,13 @@ inline void convert_to_f32(DType t, const void* src, float* dst, std::size_t n) 
       for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
       break;
     }
+    case DType::kI32:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::int32_t v;
+        std::memcpy(&v, bytes + 4 * i, sizeof v);
+        dst[i] = static_cast<float>(v);
+      }
+      break;
   }
 }
 

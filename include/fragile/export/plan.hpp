@@ -8,7 +8,11 @@
 //    "budget": {"bits_per_weight", "accounting", "achieved_bits_paper", "achieved_bits_exact"},
 //    "metric": "D_l", "allocator": "MCKP",
 //    "layers": [{"name": "model.layers.0.self_attn.q_proj", "bits": 3, "group_size": 128,
-//                "symmetric": false, "storage_bits": 123456}, ...]}
+//                "symmetric": false, "quantizer": "rtn", "storage_bits": 123456}, ...]}
+//
+// "quantizer" holds the plan-wide quantizer, its grid, its inputs and its hyperparameters; a
+// layer's own "quantizer" (a name: rtn, gptq, adaround, lwc) overrides the plan-wide one for
+// that layer. The full schema, field by field, is in docs/export.md.
 //
 // Reading checks every layer against the model: a name the model lacks, a layer listed twice or
 // missing, a width outside 2..8, or another model's weights hash is an error naming it.
@@ -36,6 +40,7 @@ struct PlanLayer {
   int group_size = 128;
   bool symmetric = false;
   std::uint64_t storage_bits = 0;  ///< exact storage under the quantizer's cost model
+  std::string quantizer;           ///< empty: the plan's quantizer
 };
 
 struct Plan {
@@ -49,9 +54,12 @@ struct Plan {
 
   [[nodiscard]] nlohmann::json to_json() const {
     nlohmann::json ls = nlohmann::json::array();
-    for (const auto& l : layers)
-      ls.push_back({{"name", l.name}, {"bits", l.bits}, {"group_size", l.group_size},
-                    {"symmetric", l.symmetric}, {"storage_bits", l.storage_bits}});
+    for (const auto& l : layers) {
+      nlohmann::json e = {{"name", l.name}, {"bits", l.bits}, {"group_size", l.group_size},
+                          {"symmetric", l.symmetric}, {"storage_bits", l.storage_bits}};
+      if (!l.quantizer.empty()) e["quantizer"] = l.quantizer;
+      ls.push_back(std::move(e));
+    }
     return {{"fragile_plan", kPlanVersion}, {"fragile", fragile},
             {"model", {{"architecture", architecture}, {"weights_xxh3", weights_xxh3}}},
             {"quantizer", quantizer}, {"budget", budget}, {"metric", metric},
@@ -105,6 +113,12 @@ struct Plan {
         require<ConfigError>(ls[i]["symmetric"].is_boolean(),
                              "plan '{}': {}.symmetric must be true or false", source, where);
         l.symmetric = ls[i]["symmetric"];
+      }
+      if (ls[i].contains("quantizer")) {
+        require<ConfigError>(ls[i]["quantizer"].is_string(),
+                             "plan '{}': {}.quantizer must be a string (rtn, gptq, adaround or "
+                             "lwc)", source, where);
+        l.quantizer = ls[i]["quantizer"];
       }
       if (ls[i].contains("storage_bits") && ls[i]["storage_bits"].is_number_unsigned())
         l.storage_bits = ls[i]["storage_bits"];

@@ -510,11 +510,13 @@ class SafetensorsWriter {
   }
 
   void write_file(const std::filesystem::path& path, std::vector<std::size_t> order) const {
-    // The reference orders by its dtype enum (descending), which sorts by itemsize and within
-    // one itemsize puts BF16 before F16 and I8 before U8; then by name.
+    // The reference orders by its dtype enum (descending): F32, I32, BF16, F16, I8, U8; then by
+    // name.
     const auto rank = [](DType t) {
       switch (t) {
         case DType::kF32:
+          return 6;
+        case DType::kI32:
           return 5;
         case DType::kBF16:
           return 4;

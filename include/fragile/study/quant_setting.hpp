@@ -49,6 +49,31 @@ decltype(auto) visit_quantizer(QuantizerKind k, F&& f) {
   }
 }
 
+/// The hyperparameters of quantizer `k` as fragile runs it (its policy's defaults), for plans
+/// and reports.
+inline nlohmann::json quantizer_hyperparameters(QuantizerKind k) {
+  switch (k) {
+    case QuantizerKind::kGptq: {
+      const quant::Gptq g;
+      return {{"block_size", g.block_size}, {"damp_percent", g.damp}, {"act_order", g.act_order},
+              {"static_groups", g.static_groups}};
+    }
+    case QuantizerKind::kAdaRound: {
+      const quant::AdaRound a;
+      return {{"iterations", a.iterations}, {"lr", a.lr}, {"reg_lambda", a.reg_lambda},
+              {"beta_start", a.beta_start}, {"beta_end", a.beta_end}, {"warmup", a.warmup},
+              {"zeta", a.zeta}, {"gamma", a.gamma}, {"seed", a.seed}};
+    }
+    case QuantizerKind::kLwc: {
+      const quant::Lwc l;
+      return {{"epochs", l.epochs}, {"batch_tokens", l.batch_tokens}, {"lr", l.lr},
+              {"weight_decay", l.weight_decay}, {"init", l.init}, {"seed", l.seed}};
+    }
+    default:
+      return {{"rounding", "nearest, ties to even"}, {"clip", "min-max"}};
+  }
+}
+
 struct QuantSetting {
   QuantizerKind quantizer = QuantizerKind::kRtn;
   int group_size = 128;  ///< along in_features; 0 = per output channel

@@ -1,0 +1,182 @@
+// The fake-quantized Hugging Face checkpoint: the source model with every quantized linear's
+// weight replaced by its dequantized values, loadable by transformers (and by fragile with
+// `eval --checkpoint`) as an ordinary model.
+//
+// From a HF folder: config, generation config and tokenizer files are copied; the tensors keep
+// their names, their order of shards (with an index when the source has one) and their dtype
+// when every dequantized weight is exact in it. Otherwise every tensor is stored as f32 (exactly)
+// and the config's dtype says float32, so that `from_pretrained(dtype="auto")` keeps the
+// values. From a llama2.c checkpoint: an f32 HF folder as io::write_hf_model writes it (q/k rows
+// permuted to HF's rotate-half layout), without a tokenizer (llama2.c's is not a tokenizer.json).
+#pragma once
+
+#include "fragile/core/dtype.hpp"
+#include "fragile/core/error.hpp"
+#include "fragile/export/hf_side_files.hpp"
+#include "fragile/io/atomic_file.hpp"
+#include "fragile/io/hf_writer.hpp"
+#include "fragile/io/llama2c.hpp"
+#include "fragile/io/safetensors.hpp"
+#include "fragile/model/capture.hpp"
+#include "fragile/quant/result.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fragile::exporting {
+
+/// What write_fake_quant_checkpoint wrote.
+struct FakeQuantCheckpoint {
+  DType dtype = DType::kF32;  ///< of the quantized linears (and of every tensor when F32)
+  std::string dtype_reason;   ///< why that dtype
+  std::size_t tensor_bytes = 0;
+  std::vector<std::string> files;  ///< relative to the folder
+};
+
+namespace detail {
+
+/// True when every value of `w` is exactly representable in `t`.
+inline bool exact_in(DType t, std::span<const float> w) {
+  if (t == DType::kF32) return true;
+  for (float v : w) {
+    const float back = t == DType::kBF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
+    if (back != v) return false;
+  }
+  return true;
+}
+
+/// The f32 values of a tensor stored in a TensorStore.
+inline std::vector<float> read_all(const io::TensorStore& store, const std::string& name) {
+  std::vector<float> v(store.info(name).numel());
+  store.read_f32(name, v);
+  return v;
+}
+
+}  // namespace detail
+
+/// Writes the fake-quantized checkpoint of `source` (loaded from `source_path`) into the
+/// folder `dir` (created if needed); `weights[l]` is the deployed weight of `linears[l]`.
+inline FakeQuantCheckpoint write_fake_quant_checkpoint(
+    const std::filesystem::path& dir, const io::Checkpoint& source,
+    const std::filesystem::path& source_path, const std::vector<model::LinearInfo>& linears,
+    const std::vector<quant::QuantizedWeight>& weights) {
+  namespace fs = std::filesystem;
+  require<ArgumentError>(weights.size() == linears.size(),
+                         "write_fake_quant_checkpoint: {} weights for {} linear layers",
+                         weights.size(), linears.size());
+  std::map<std::string, std::size_t> linear_of;
+  for (const auto& li : linears) linear_of[li.name + ".weight"] = li.index;
+  auto dequantized = [&](std::size_t l) {
+    const auto& q = weights[l];
+    require<ShapeError>(static_cast<std::size_t>(q.rows) == linears[l].out_features &&
+                            static_cast<std::size_t>(q.cols) == linears[l].in_features,
+                        "layer '{}': quantized weight is ({}, {}), the model's is ({}, {})",
+                        linears[l].name, q.rows, q.cols, linears[l].out_features,
+                        linears[l].in_features);
+    std::vector<float> w(static_cast<std::size_t>(q.rows * q.cols));
+    q.dequantize_into(Eigen::Map<MatrixF>(w.data(), q.rows, q.cols));
+    return w;
+  };
+
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  require<IoError>(!ec, "cannot create the export folder '{}': {}", dir.string(), ec.message());
+  FakeQuantCheckpoint out;
+  if (!fs::is_directory(source_path)) {  // llama2.c: through the HF writer, all f32
+    std::map<std::string, std::vector<float>, std::less<>> tensors;
+    for (const auto& name : source.weights.names()) {
+      auto it = linear_of.find(name);
+      tensors[name] = it != linear_of.end() ? dequantized(it->second)
+                                            : detail::read_all(source.weights, name);
+      out.tensor_bytes += tensors[name].size() * sizeof(float);
+    }
+    io::HfWriteOptions wo;
+    wo.overwrite = true;
+    io::write_hf_model(dir, source.config, tensors, wo);
+    out.dtype = DType::kF32;
+    out.dtype_reason = "a llama2.c checkpoint is written as an f32 Hugging Face folder";
+    out.files = {"config.json", "generation_config.json", "model.safetensors"};
+    return out;
+  }
+
+  // The linears' source dtype, kept when every dequantized weight is exact in it.
+  std::vector<std::vector<float>> deq(linears.size());
+  DType linear_dtype = DType::kF32;
+  bool exact = true;
+  for (const auto& li : linears) {
+    deq[li.index] = dequantized(li.index);
+    const DType t = source.weights.info(li.name + ".weight").dtype;
+    if (li.index == 0) linear_dtype = t;
+    exact = exact && t == linear_dtype && is_floating(t) && detail::exact_in(t, deq[li.index]);
+  }
+  const bool all_f32 = !exact || linear_dtype == DType::kF32;
+  out.dtype = exact ? linear_dtype : DType::kF32;
+  out.dtype_reason = linear_dtype == DType::kF32
+                         ? "the source weights are f32"
+                         : exact ? fmt::format("every dequantized weight is exact in the source "
+                                               "dtype {}", dtype_name(linear_dtype))
+                                 : fmt::format("the dequantized weights are not exact in the "
+                                               "source dtype {}: every tensor is stored as f32",
+                                               dtype_name(linear_dtype));
+
+  io::SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  std::size_t source_bytes = 0;
+  for (const auto& name : source.weights.names()) {
+    const auto& info = source.weights.info(name);
+    source_bytes += info.nbytes;
+    if (auto it = linear_of.find(name); it != linear_of.end()) {
+      writer.add(name, out.dtype, info.shape, deq[it->second]);
+      deq[it->second] = {};
+    } else if (all_f32 && info.dtype != DType::kF32) {
+      writer.add(name, DType::kF32, info.shape, detail::read_all(source.weights, name));
+    } else {
+      writer.add_raw(name, info.dtype, info.shape, source.weights.bytes(name));
+    }
+  }
+  out.tensor_bytes = writer.data_bytes();
+
+  // Shards as large as the source's largest (scaled by the dtype change), when it has shards.
+  const auto index = source_path / io::kSafetensorsIndexName;
+  if (fs::exists(index)) {
+    const auto j = nlohmann::json::parse(io::detail::read_whole_file(index, "safetensors index"));
+    std::map<std::string, std::size_t> shard_bytes;
+    for (const auto& [tensor, shard] : j.at("weight_map").items())
+      if (source.weights.contains(tensor))
+        shard_bytes[shard.get<std::string>()] += source.weights.info(tensor).nbytes;
+    std::size_t largest = 1;
+    for (const auto& [s, b] : shard_bytes) largest = std::max(largest, b);
+    const double scale = source_bytes ? static_cast<double>(out.tensor_bytes) / source_bytes : 1.0;
+    const auto max_shard = static_cast<std::size_t>(std::ceil(largest * scale));
+    writer.write_sharded(dir, max_shard);
+    for (const auto& e : fs::directory_iterator(dir))
+      out.files.push_back(e.path().filename().string());
+  } else {
+    writer.write(dir / "model.safetensors");
+    out.files.push_back("model.safetensors");
+  }
+
+  // The config, with its dtype made to match when every tensor became f32.
+  const auto config_text = io::detail::read_whole_file(source_path / "config.json", "config.json");
+  if (all_f32 && linear_dtype != DType::kF32) {
+    auto cfg = nlohmann::ordered_json::parse(config_text);
+    for (const char* key : {"dtype", "torch_dtype"})
+      if (cfg.contains(key)) cfg[key] = "float32";
+    io::write_atomically(dir / "config.json", std::string_view(cfg.dump(2) + "\n"));
+  } else {
+    io::write_atomically(dir / "config.json", std::string_view(config_text));
+  }
+  out.files.push_back("config.json");
+  for (auto& f : copy_hf_side_files(source_path, dir)) out.files.push_back(std::move(f));
+  std::sort(out.files.begin(), out.files.end());
+  out.files.erase(std::unique(out.files.begin(), out.files.end()), out.files.end());
+  return out;
+}
+
+}  // namespace fragile::exporting
