@@ -5,6 +5,7 @@
 #include "eval_command.hpp"
 #include "inspect_command.hpp"
 #include "map_command.hpp"
+#include "quantize_command.hpp"
 #include "ratios_command.hpp"
 #include "report_command.hpp"
 #include "shootout_command.hpp"
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   fragile::cli::add_ratios_command(app, action);
   fragile::cli::add_allocate_command(app, action);
   fragile::cli::add_eval_command(app, action);
+  fragile::cli::add_quantize_command(app, action);
   fragile::cli::add_report_command(app, action);
   fragile::cli::add_train_command(app, action);
   try {

@@ -78,4 +78,11 @@
 #include "fragile/study/shootout.hpp"
 
 // export: plans and checkpoints for deployment tools
+#include "fragile/export/fake_quant_checkpoint.hpp"
+#include "fragile/export/gguf_writer.hpp"
+#include "fragile/export/gptq_checkpoint.hpp"
+#include "fragile/export/importance_matrix.hpp"
+#include "fragile/export/llama_cpp_recipe.hpp"
 #include "fragile/export/plan.hpp"
+#include "fragile/export/quantize_plan.hpp"
+#include "fragile/export/staged_directory.hpp"

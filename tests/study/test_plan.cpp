@@ -15,7 +15,7 @@ exporting::Plan plan_of(const model::Transformer<>& m) {
   p.metric = "D_l";
   p.allocator = "MCKP";
   for (const auto& li : m.linears())
-    p.layers.push_back({li.name, li.index % 2 ? 3 : 4, 32, false, 1000 + li.index});
+    p.layers.push_back({li.name, li.index % 2 ? 3 : 4, 32, false, 1000 + li.index, "rtn"});
   return p;
 }
 

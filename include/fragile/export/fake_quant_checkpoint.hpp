@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -105,15 +106,14 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
     return out;
   }
 
-  // The linears' source dtype, kept when every dequantized weight is exact in it.
-  std::vector<std::vector<float>> deq(linears.size());
-  DType linear_dtype = DType::kF32;
-  bool exact = true;
+  // The linears' source dtype, kept when every dequantized weight is exact in it (checked
+  // layer by layer; the first inexact value settles it).
+  DType linear_dtype = source.weights.info(linears.front().name + ".weight").dtype;
+  bool exact = is_floating(linear_dtype);
   for (const auto& li : linears) {
-    deq[li.index] = dequantized(li.index);
-    const DType t = source.weights.info(li.name + ".weight").dtype;
-    if (li.index == 0) linear_dtype = t;
-    exact = exact && t == linear_dtype && is_floating(t) && detail::exact_in(t, deq[li.index]);
+    if (!exact || linear_dtype == DType::kF32) break;
+    exact = source.weights.info(li.name + ".weight").dtype == linear_dtype &&
+            detail::exact_in(linear_dtype, dequantized(li.index));
   }
   const bool all_f32 = !exact || linear_dtype == DType::kF32;
   out.dtype = exact ? linear_dtype : DType::kF32;
@@ -125,6 +125,7 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
                                                "source dtype {}: every tensor is stored as f32",
                                                dtype_name(linear_dtype));
 
+  // Every tensor is produced as the file is written, one at a time.
   io::SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
   std::size_t source_bytes = 0;
@@ -132,12 +133,41 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
     const auto& info = source.weights.info(name);
     source_bytes += info.nbytes;
     if (auto it = linear_of.find(name); it != linear_of.end()) {
-      writer.add(name, out.dtype, info.shape, deq[it->second]);
-      deq[it->second] = {};
-    } else if (all_f32 && info.dtype != DType::kF32) {
-      writer.add(name, DType::kF32, info.shape, detail::read_all(source.weights, name));
+      const auto& q = weights[it->second];
+      const DType t = out.dtype;
+      writer.add_lazy(name, t, info.shape,
+                      [&q, t](std::size_t r, std::size_t n, std::span<std::byte> dst) {
+        const auto rows = static_cast<Eigen::Index>(n);
+        if (t == DType::kF32) {
+          q.dequantize_rows_into(static_cast<Eigen::Index>(r), rows,
+                                 Eigen::Map<MatrixF>(reinterpret_cast<float*>(dst.data()), rows, q.cols),
+                                 /*parallel=*/false);
+          return;
+        }
+        MatrixF w(rows, q.cols);
+        q.dequantize_rows_into(static_cast<Eigen::Index>(r), rows, w, /*parallel=*/false);
+        auto* h = reinterpret_cast<std::uint16_t*>(dst.data());
+        const auto m = static_cast<std::size_t>(w.size());
+        if (t == DType::kBF16) convert_f32_to_bf16(w.data(), h, m);
+        else convert_f32_to_f16(w.data(), h, m);
+      });
     } else {
-      writer.add_raw(name, info.dtype, info.shape, source.weights.bytes(name));
+      // Unquantized tensors: their bytes, or their values as f32 when every tensor becomes f32.
+      const auto bytes = source.weights.bytes(name);
+      const DType from = info.dtype;
+      const DType to = all_f32 && is_floating(from) ? DType::kF32 : from;
+      const std::size_t row_bytes = info.shape.empty() || info.shape[0] == 0
+                                        ? bytes.size() : bytes.size() / info.shape[0];
+      writer.add_lazy(name, to, info.shape,
+                      [bytes, from, to, row_bytes](std::size_t r, std::size_t n,
+                                                   std::span<std::byte> dst) {
+        const auto src = bytes.subspan(r * row_bytes, n * row_bytes);
+        if (from == to)
+          std::memcpy(dst.data(), src.data(), src.size());
+        else
+          convert_to_f32(from, src.data(), reinterpret_cast<float*>(dst.data()),
+                         src.size() / dtype_size(from));
+      });
     }
   }
   out.tensor_bytes = writer.data_bytes();

@@ -85,11 +85,11 @@ void pack_stream(std::size_t n, int bits, std::int32_t* words, Get&& value) {
 
 }  // namespace detail
 
-/// Packs one quantized weight (its scales already f16 values, see quantize_plan). ConfigError
-/// naming `layer` when the shape cannot be packed or a zero point cannot be stored.
-inline GptqPacked pack_gptq(const quant::QuantizedWeight& q, GptqFormat format,
-                            const std::string& layer) {
-  GptqPacked p;
+/// Packs one quantized weight (its scales already f16 values, see quantize_plan) into `p`,
+/// reusing its buffers. ConfigError naming `layer` when the shape cannot be packed or a zero
+/// point cannot be stored.
+inline void pack_gptq(const quant::QuantizedWeight& q, GptqFormat format, const std::string& layer,
+                      GptqPacked& p) {
   p.in = static_cast<std::size_t>(q.cols);
   p.out = static_cast<std::size_t>(q.rows);
   p.bits = q.bits;
@@ -106,18 +106,28 @@ inline GptqPacked pack_gptq(const quant::QuantizedWeight& q, GptqFormat format,
                        "layer '{}': {} output features x {} bits is not a whole number of 32-bit "
                        "words, which GPTQ's qzeros needs", layer, p.out, q.bits);
 
-  // qweight is the transpose of the rows' bit streams read as 32-bit words.
-  const std::size_t words = p.in * b / 32;
-  p.qweight.resize(words * p.out);
-  const auto* codes = q.codes.bytes().data();
+  // qweight is the transpose of the rows' bit streams read as 32-bit words, done in tiles
+  // that fit L1 on both sides.
+  const std::size_t words = p.in * b / 32, out = p.out;
+  p.qweight.resize(words * out);
+  const std::uint8_t* codes = q.codes.bytes().data();
   const auto row_bytes = static_cast<std::size_t>(q.codes.row_bytes());
-  constexpr std::size_t kTile = 64;
-  for (std::size_t r0 = 0; r0 < p.out; r0 += kTile)
-    for (std::size_t w0 = 0; w0 < words; w0 += kTile)
-      for (std::size_t r = r0; r < std::min(r0 + kTile, p.out); ++r)
-        for (std::size_t w = w0; w < std::min(w0 + kTile, words); ++w)
-          p.qweight[w * p.out + r] =
-              static_cast<std::int32_t>(detail::load_le32(codes + r * row_bytes + 4 * w));
+  std::int32_t* dst = p.qweight.data();
+  constexpr std::size_t kTile = 8;
+  const auto word_tiles = static_cast<std::ptrdiff_t>((words + kTile - 1) / kTile);
+#pragma omp parallel for schedule(static) if (words * out > (1u << 18))
+  for (std::ptrdiff_t t = 0; t < word_tiles; ++t) {
+    const std::size_t w0 = static_cast<std::size_t>(t) * kTile, w1 = std::min(w0 + kTile, words);
+    for (std::size_t r0 = 0; r0 < out; r0 += kTile) {
+      const std::size_t r1 = std::min(r0 + kTile, out);
+      for (std::size_t w = w0; w < w1; ++w) {
+        std::int32_t* d = dst + w * out;
+        const std::uint8_t* src = codes + 4 * w;
+        for (std::size_t r = r0; r < r1; ++r)
+          d[r] = static_cast<std::int32_t>(detail::load_le32(src + r * row_bytes));
+      }
+    }
+  }
 
   const int offset = format == GptqFormat::kV1 ? 1 : 0;
   const unsigned mask = (1u << q.bits) - 1u;
@@ -126,9 +136,9 @@ inline GptqPacked pack_gptq(const quant::QuantizedWeight& q, GptqFormat format,
   for (std::size_t g = 0; g < p.groups; ++g) {
     detail::pack_stream(p.out, q.bits, p.qzeros.data() + g * p.out * b / 32, [&](std::size_t n) {
       const int z = static_cast<int>(q.zeros(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(g)));
-      require<ConfigError>(z - offset >= 0,
-                           "layer '{}': row {}, group {} has zero point 0, which GPTQ's v1 "
-                           "format cannot store (it stores zero - 1); write format gptq_v2",
+      if (z - offset < 0)
+        raise<ConfigError>("layer '{}': row {}, group {} has zero point 0, which GPTQ's v1 format "
+                           "cannot store (it stores zero - 1); write format gptq_v2",
                            layer, n, g);
       return static_cast<unsigned>(z - offset) & mask;
     });
@@ -139,6 +149,12 @@ inline GptqPacked pack_gptq(const quant::QuantizedWeight& q, GptqFormat format,
   p.g_idx.resize(p.in);
   for (std::size_t c = 0; c < p.in; ++c)
     p.g_idx[c] = static_cast<std::int32_t>(q.groups.group_of(static_cast<Eigen::Index>(c)));
+}
+
+inline GptqPacked pack_gptq(const quant::QuantizedWeight& q, GptqFormat format,
+                            const std::string& layer) {
+  GptqPacked p;
+  pack_gptq(q, format, layer, p);
   return p;
 }
 
@@ -227,6 +243,7 @@ inline GptqCheckpoint write_gptq_checkpoint(const std::filesystem::path& dir,
                                       v.size() * sizeof(v[0]));
   };
   nlohmann::ordered_json dynamic = nlohmann::ordered_json::object();
+  GptqPacked p;  // one set of buffers for every layer
   for (const auto& name : source.weights.names()) {
     const auto& info = source.weights.info(name);
     auto it = linear_of.find(name);
@@ -236,7 +253,7 @@ inline GptqCheckpoint write_gptq_checkpoint(const std::filesystem::path& dir,
     }
     const auto& li = linears[it->second];
     const auto& q = weights[it->second];
-    const auto p = pack_gptq(q, format, li.name);
+    pack_gptq(q, format, li.name, p);
     const auto b = static_cast<std::size_t>(p.bits);
     writer.add_raw(li.name + ".qweight", DType::kI32, {p.in * b / 32, p.out}, bytes_of(p.qweight));
     writer.add_raw(li.name + ".qzeros", DType::kI32, {p.groups, p.out * b / 32}, bytes_of(p.qzeros));

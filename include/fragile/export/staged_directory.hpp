@@ -1,7 +1,8 @@
 // An export folder written all or nothing: files go into a hidden staging folder beside the
 // target, which replaces the target only when commit() is called. A failed or killed export
-// leaves nothing under the target name (at most a `.name.partial-PID` folder, removed by the
-// destructor when the process survives the failure).
+// leaves nothing under the target name: the staging folder `.name.partial-PID` is removed by
+// the destructor when the process survives the failure, and by the next export to the same
+// target when it was killed.
 #pragma once
 
 #include "fragile/core/error.hpp"
@@ -34,7 +35,13 @@ class StagedDirectory {
     fs::create_directories(parent, ec);
     require<IoError>(!ec, "{} '{}': cannot create its parent folder: {}", option_,
                      target_.string(), ec.message());
-    staging_ = parent / fmt::format(".{}.partial-{}", target_.filename().string(), ::getpid());
+    const std::string prefix = fmt::format(".{}.partial-", target_.filename().string());
+    for (const auto& e : fs::directory_iterator(parent, ec)) {  // left by a killed export
+      const auto name = e.path().filename().string();
+      if (name.starts_with(prefix) && !fs::exists(fs::path("/proc") / name.substr(prefix.size())))
+        fs::remove_all(e.path(), ec);
+    }
+    staging_ = parent / fmt::format("{}{}", prefix, ::getpid());
     fs::remove_all(staging_, ec);
     fs::create_directory(staging_, ec);
     require<IoError>(!ec, "{} '{}': cannot create the staging folder '{}': {}", option_,

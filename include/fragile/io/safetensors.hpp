@@ -21,8 +21,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <limits>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <span>
@@ -420,6 +423,20 @@ class SafetensorsWriter {
     push(std::move(name), dtype, std::move(shape), {bytes.begin(), bytes.end()});
   }
 
+  /// A lazy tensor's bytes: produce(first_row, rows, dst) writes rows [first_row, first_row +
+  /// rows) of the tensor (little-endian, its dtype; a row is everything after the first
+  /// dimension) into dst.
+  using RowProducer = std::function<void(std::size_t, std::size_t, std::span<std::byte>)>;
+
+  /// Adds a tensor that `produce` computes while the file is written, a few megabytes of rows
+  /// at a time on a second thread: a model larger than memory streams to disk through two small
+  /// buffers. `produce` must be safe to call from another thread.
+  void add_lazy(std::string name, DType dtype, std::vector<std::size_t> shape,
+                RowProducer produce) {
+    const std::size_t n = checked_numel(name, shape);
+    push(std::move(name), dtype, std::move(shape), {}, n * dtype_size(dtype), std::move(produce));
+  }
+
   void set_metadata(std::string key, std::string value) {
     metadata_[std::move(key)] = std::move(value);
   }
@@ -429,7 +446,7 @@ class SafetensorsWriter {
   /// Total bytes of tensor data.
   [[nodiscard]] std::size_t data_bytes() const noexcept {
     std::size_t n = 0;
-    for (const auto& t : tensors_) n += t.bytes.size();
+    for (const auto& t : tensors_) n += t.nbytes;
     return n;
   }
 
@@ -454,7 +471,7 @@ class SafetensorsWriter {
     std::vector<std::vector<std::size_t>> shards;
     std::size_t current = 0;
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
-      const std::size_t nb = tensors_[i].bytes.size();
+      const std::size_t nb = tensors_[i].nbytes;
       if (shards.empty() || (!shards.back().empty() && current + nb > max_shard_bytes)) {
         shards.emplace_back();
         current = 0;
@@ -489,7 +506,9 @@ class SafetensorsWriter {
     std::string name;
     DType dtype;
     std::vector<std::size_t> shape;
-    std::vector<std::byte> bytes;
+    std::vector<std::byte> bytes;  // empty for a lazy tensor
+    std::size_t nbytes = 0;
+    RowProducer produce;           // set for a lazy tensor
   };
 
   static std::size_t checked_numel(const std::string& name, std::span<const std::size_t> shape) {
@@ -501,12 +520,15 @@ class SafetensorsWriter {
   }
 
   void push(std::string name, DType dtype, std::vector<std::size_t> shape,
-            std::vector<std::byte> bytes) {
+            std::vector<std::byte> bytes, std::optional<std::size_t> nbytes = std::nullopt,
+            RowProducer produce = {}) {
     require<ArgumentError>(name != "__metadata__", "SafetensorsWriter: '__metadata__' is reserved");
     require<ArgumentError>(!names_.contains(name), "SafetensorsWriter: tensor '{}' added twice",
                            name);
     names_.insert(name);
-    tensors_.push_back({std::move(name), dtype, std::move(shape), std::move(bytes)});
+    const std::size_t nb = nbytes.value_or(bytes.size());
+    tensors_.push_back({std::move(name), dtype, std::move(shape), std::move(bytes), nb,
+                        std::move(produce)});
   }
 
   void write_file(const std::filesystem::path& path, std::vector<std::size_t> order) const {
@@ -542,8 +564,8 @@ class SafetensorsWriter {
       nlohmann::ordered_json e;
       e["dtype"] = std::string(dtype_name(t.dtype));
       e["shape"] = t.shape;
-      e["data_offsets"] = {pos, pos + t.bytes.size()};
-      pos += t.bytes.size();
+      e["data_offsets"] = {pos, pos + t.nbytes};
+      pos += t.nbytes;
       header[t.name] = std::move(e);
     }
     std::string text;
@@ -556,17 +578,58 @@ class SafetensorsWriter {
           path.string(), e.what());
     }
     text.append((8 - text.size() % 8) % 8, ' ');
-    std::vector<std::byte> out(8 + text.size() + pos);
-    std::uint64_t n = text.size();
-    for (int k = 0; k < 8; ++k) out[k] = static_cast<std::byte>((n >> (8 * k)) & 0xffu);
-    std::memcpy(out.data() + 8, text.data(), text.size());
-    std::size_t at = 8 + text.size();
+    // Streamed: the header, then each tensor's bytes (a lazy one through one reused buffer).
+    AtomicFileWriter file(path);
+    std::array<std::byte, 8> len;
+    const std::uint64_t n = text.size();
+    for (int k = 0; k < 8; ++k) len[k] = static_cast<std::byte>((n >> (8 * k)) & 0xffu);
+    file.write(len);
+    file.write(std::as_bytes(std::span<const char>(text.data(), text.size())));
+    // Lazy tensors are produced in chunks of about 8 MB on a second thread, one chunk ahead of
+    // the writes, so computing and copying into the page cache overlap.
+    struct Chunk {
+      const Entry* t;
+      std::size_t first_row, rows, bytes;
+    };
+    constexpr std::size_t kChunk = std::size_t{8} << 20;
+    std::vector<Chunk> chunks;
     for (auto i : order) {
-      const auto& b = tensors_[i].bytes;
-      if (!b.empty()) std::memcpy(out.data() + at, b.data(), b.size());
-      at += b.size();
+      const auto& t = tensors_[i];
+      if (!t.produce) {
+        chunks.push_back({&t, 0, 0, t.nbytes});
+        continue;
+      }
+      const std::size_t rows = t.shape.empty() ? 1 : t.shape[0];
+      const std::size_t row_bytes = rows ? t.nbytes / rows : 0;
+      const std::size_t step = std::max<std::size_t>(1, row_bytes ? kChunk / row_bytes : rows);
+      for (std::size_t r = 0; r < rows; r += step) {
+        const std::size_t n = std::min(step, rows - r);
+        chunks.push_back({&t, r, n, n * row_bytes});
+      }
     }
-    write_atomically(path, out);
+    std::vector<std::byte> buffers[2];
+    auto produce = [&](std::size_t k) {
+      const auto& c = chunks[k];
+      if (!c.t->produce) return;
+      auto& b = buffers[k % 2];
+      b.resize(std::max(b.size(), c.bytes));
+      c.t->produce(c.first_row, c.rows, std::span<std::byte>(b.data(), c.bytes));
+    };
+    std::future<void> ahead;
+    if (!chunks.empty()) ahead = std::async(std::launch::async, produce, std::size_t{0});
+    for (std::size_t k = 0; k < chunks.size(); ++k) {
+      ahead.get();  // rethrows the producer's exception
+      if (k + 1 < chunks.size()) ahead = std::async(std::launch::async, produce, k + 1);
+      const auto& c = chunks[k];
+      try {
+        file.write(c.t->produce ? std::span<const std::byte>(buffers[k % 2].data(), c.bytes)
+                                : std::span<const std::byte>(c.t->bytes));
+      } catch (...) {
+        if (ahead.valid()) ahead.wait();
+        throw;
+      }
+    }
+    file.commit();
   }
 
   static void write_atomically(const std::filesystem::path& path,

@@ -101,6 +101,40 @@ class PackedCodes {
     }
   }
 
+  /// Unpacks one whole row into `codes` (cols values); the inverse of pack_row.
+  void unpack_row(Index r, std::uint8_t* codes) const noexcept {
+    const std::uint8_t* in = bytes_.data() + r * row_bytes_;
+    if (bits_ == 8) {
+      std::memcpy(codes, in, static_cast<std::size_t>(cols_));
+      return;
+    }
+    if (bits_ == 4) {
+      Index c = 0;
+      for (; c + 1 < cols_; c += 2, ++in) {
+        codes[c] = *in & 0xfu;
+        codes[c + 1] = static_cast<std::uint8_t>(*in >> 4);
+      }
+      if (c < cols_) codes[c] = *in & 0xfu;
+      return;
+    }
+    const std::uint64_t mask = (1u << bits_) - 1u;
+    std::uint64_t acc = 0;
+    int filled = 0;
+    for (Index c = 0; c < cols_; ++c) {
+      if (filled < bits_) {  // refill a byte at a time: never reads past the row
+        acc |= static_cast<std::uint64_t>(*in++) << filled;
+        filled += 8;
+        if (filled < bits_) {
+          acc |= static_cast<std::uint64_t>(*in++) << filled;
+          filled += 8;
+        }
+      }
+      codes[c] = static_cast<std::uint8_t>(acc & mask);
+      acc >>= bits_;
+      filled -= bits_;
+    }
+  }
+
  private:
   Index rows_ = 0, cols_ = 0;
   int bits_ = 0;
@@ -140,13 +174,29 @@ struct QuantizedWeight {
     require<ShapeError>(out.rows() == rows && out.cols() == cols,
                         "QuantizedWeight::dequantize_into: output is ({}, {}), expected ({}, {})",
                         out.rows(), out.cols(), rows, cols);
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-    for (Index r = 0; r < rows; ++r) {
-      for (Index g = 0; g < groups.num_groups; ++g) {
-        const float s = scales(r, g), z = zeros(r, g);
-        const Index b = groups.begin(g), w = groups.width(g);
-        for (Index c = b; c < b + w; ++c)
-          out(r, c) = s * (static_cast<float>(codes.get(r, c)) - z);
+    dequantize_rows_into(0, rows, out);
+  }
+
+  /// Writes rows [first, first + n) of the dequantized weight into `out` (n, cols); with
+  /// `parallel` false on the calling thread only (for callers that run their own threads).
+  void dequantize_rows_into(Index first, Index n, Eigen::Ref<MatrixF> out,
+                            bool parallel = true) const {
+    require<ShapeError>(first >= 0 && n >= 0 && first + n <= rows && out.rows() == n &&
+                            out.cols() == cols,
+                        "QuantizedWeight::dequantize_rows_into: rows [{}, {}) into ({}, {}) of a "
+                        "({}, {}) weight", first, first + n, out.rows(), out.cols(), rows, cols);
+#pragma omp parallel if (parallel && n * cols > (1 << 16))
+    {
+      std::vector<std::uint8_t> row(static_cast<std::size_t>(cols));
+#pragma omp for schedule(static)
+      for (Index i = 0; i < n; ++i) {
+        const Index r = first + i;
+        codes.unpack_row(r, row.data());
+        for (Index g = 0; g < groups.num_groups; ++g) {
+          const float s = scales(r, g), z = zeros(r, g);
+          const Index b = groups.begin(g), w = groups.width(g);
+          for (Index c = b; c < b + w; ++c) out(i, c) = s * (static_cast<float>(row[c]) - z);
+        }
       }
     }
   }
