@@ -177,7 +177,8 @@ inline void add_quantize_command(CLI::App& app, std::function<int()>& action) {
   c->add_flag("--force", a->force, "replace an existing --out folder");
   c->add_flag("--skip-eval", a->skip_eval, "do not evaluate the quantized model");
   c->add_option("--gptq-format", a->gptq_format,
-                "gptq (v1, zero points minus one: every loader) or gptq_v2 (GPTQModel)")
+                "gptq (v1, zero points minus one: vLLM, exllamav2, transformers; GPTQModel for "
+                "symmetric grids) or gptq_v2 (GPTQModel)")
       ->check(CLI::IsMember({"gptq", "gptq_v2"}));
   c->add_option("--ggml-types", a->ggml_types,
                 "bits to llama.cpp types, e.g. 2=iq2_xs,3=q3_K (default 2=q2_K 3=q3_K 4=q4_K "
