@@ -180,7 +180,7 @@ struct QuantizedWeight {
   /// Writes rows [first, first + n) of the dequantized weight into `out` (n, cols); with
   /// `parallel` false on the calling thread only (for callers that run their own threads).
   void dequantize_rows_into(Index first, Index n, Eigen::Ref<MatrixF> out,
-                            bool parallel = true) const {
+                            [[maybe_unused]] bool parallel = true) const {
     require<ShapeError>(first >= 0 && n >= 0 && first + n <= rows && out.rows() == n &&
                             out.cols() == cols,
                         "QuantizedWeight::dequantize_rows_into: rows [{}, {}) into ({}, {}) of a "

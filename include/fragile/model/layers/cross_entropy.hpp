@@ -4,6 +4,7 @@
 #pragma once
 
 #include "fragile/backend/cpu.hpp"
+#include "fragile/core/error.hpp"
 
 #include <Eigen/Core>
 
@@ -17,21 +18,34 @@ namespace fragile::model::layers {
 
 /// lse[r] = log sum_j exp(logits[r, j]); argmax[r] (optional) = first index of the maximum.
 /// exp runs through Eigen's vectorised array kernels (the head is B*T*V exponentials).
+/// NumericError when a row holds NaN or +-Inf (a model whose weights or activations
+/// overflowed), naming the first such row.
 inline void logsumexp_rows(cpu, float* lse, std::int32_t* argmax, const float* logits,
                            std::size_t rows, std::size_t vocab) {
-#pragma omp parallel for schedule(static) if (rows * vocab >= backend::kCpuParallelMin)
+  std::size_t first_bad = rows;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) \
+    if (rows * vocab >= backend::kCpuParallelMin)
   for (std::size_t r = 0; r < rows; ++r) {
     const Eigen::Map<const Eigen::ArrayXf> row(logits + r * vocab, static_cast<Eigen::Index>(vocab));
     Eigen::Index arg = 0;
     const float mx = row.maxCoeff(&arg);
     lse[r] = mx + std::log((row - mx).exp().sum());
+    if (!std::isfinite(lse[r])) {  // NaN anywhere makes the sum NaN; Inf makes mx or lse Inf
+      first_bad = std::min(first_bad, r);
+      if (argmax) argmax[r] = -1;
+      continue;
+    }
     if (argmax) {
-      // maxCoeff's index is not specified to be the first on ties: find the first explicitly.
+      // maxCoeff's index is not specified to be the first on ties: find the first explicitly
+      // (bounded, although a finite row always holds its maximum).
       std::size_t first = 0;
-      while (logits[r * vocab + first] != mx) ++first;
+      while (first + 1 < vocab && logits[r * vocab + first] != mx) ++first;
       argmax[r] = static_cast<std::int32_t>(first);
     }
   }
+  require<NumericError>(first_bad == rows,
+                        "logits are not finite (row {} of {}): the model's output overflowed, "
+                        "from a NaN or infinite weight or activation", first_bad, rows);
 }
 
 /// In place: logits[r, :] <- (softmax(logits[r, :]) - onehot(labels[r])) * scale[r];
