@@ -247,3 +247,56 @@ TEST_CASE("staged directory: refused without force, nothing left on failure, rep
   CHECK(std::filesystem::exists(target / "new.txt"));
   CHECK(!std::filesystem::exists(target / "old.txt"));
 }
+
+TEST_CASE("fake-quant checkpoint: a sharded bf16 source gives shards with an index, f32 and "
+          "a float32 config", "[export]") {
+  const auto src = test::source_dir().parent_path() / "examples/models/kjv-tiny";
+  const auto ckpt = io::load_model(src);
+  const auto root = test::scratch_dir("export_sharded");
+  // The source: kjv-tiny's tensors in bf16, in shards of at most 400 kB, with its config.
+  io::SafetensorsWriter w;
+  for (const auto& name : ckpt.weights.names()) {
+    std::vector<float> v(ckpt.weights.info(name).numel());
+    ckpt.weights.read_f32(name, v);
+    w.add(name, DType::kBF16, ckpt.weights.info(name).shape, v);
+  }
+  w.write_sharded(root / "src", 400'000);
+  REQUIRE(std::filesystem::exists(root / "src" / io::kSafetensorsIndexName));
+  auto cfg = nlohmann::ordered_json::parse(std::ifstream(src / "config.json"));
+  cfg["dtype"] = "bfloat16";
+  std::ofstream(root / "src/config.json") << cfg.dump(2);
+  std::filesystem::copy_file(src / "tokenizer.json", root / "src/tokenizer.json");
+  const auto sharded = io::load_model(root / "src");
+  const model::Transformer<> m(sharded.config, sharded.weights);
+  std::vector<quant::QuantizedWeight> weights;
+  for (const auto& li : m.linears()) {
+    std::vector<float> v(li.parameters());
+    sharded.weights.read_f32(li.name + ".weight", v);
+    weights.push_back(deployed(Eigen::Map<const MatrixF>(v.data(), li.out_features, li.in_features),
+                               4, 32, false));
+  }
+  const auto fq = exporting::write_fake_quant_checkpoint(root / "fq", sharded, root / "src",
+                                                         m.linears(), weights);
+  CHECK(fq.dtype == DType::kF32);
+  CHECK_THAT(fq.dtype_reason, Catch::Contains("not exact in the source dtype BF16"));
+  CHECK(std::filesystem::exists(root / "fq" / io::kSafetensorsIndexName));
+  CHECK(!std::filesystem::exists(root / "fq/model.safetensors"));
+  CHECK(nlohmann::json::parse(std::ifstream(root / "fq/config.json"))["dtype"] == "float32");
+  CHECK(std::filesystem::exists(root / "fq/tokenizer.json"));
+  const auto back = io::load_model(root / "fq");
+  for (const auto& name : sharded.weights.names()) {
+    INFO(name);
+    std::vector<float> a(sharded.weights.info(name).numel()), b(a.size());
+    CHECK(back.weights.info(name).dtype == DType::kF32);
+    back.weights.read_f32(name, b);
+    sharded.weights.read_f32(name, a);
+    bool linear = false;
+    for (const auto& li : m.linears())
+      if (li.name + ".weight" == name) {
+        const MatrixF deq = weights[li.index].dequantize();
+        CHECK(std::memcmp(b.data(), deq.data(), b.size() * sizeof(float)) == 0);
+        linear = true;
+      }
+    if (!linear) CHECK(a == b);  // bf16 -> f32 is exact
+  }
+}
