@@ -66,12 +66,7 @@ inline int run_quantize(const QuantizeArgs& a) {
   const auto setting = exporting::plan_quant_setting(plan, a.plan.string(), a.study.quant_setting());
   const auto format = a.gptq_format == "gptq_v2" ? exporting::GptqFormat::kV2
                                                  : exporting::GptqFormat::kV1;
-  if (wants("gptq"))  // before quantizing: a llama2.c source cannot be written as GPTQ
-    require<ConfigError>(std::filesystem::is_directory(ctx.options().model),
-                         "--format gptq: '{}' is a llama2.c checkpoint; GPTQ checkpoints are "
-                         "written from Hugging Face model folders (drop gptq from --format, or "
-                         "write the fake-quant checkpoint first and quantize that)",
-                         ctx.options().model.string());
+  if (wants("gptq")) exporting::require_gptq_source(ctx.options().model);  // before quantizing
 
   const bool quiet = a.study.quiet;
   auto say = [&](const std::string& s) {

@@ -98,9 +98,10 @@ def documents_of(text):
 def load_gptqmodel(path):
     """The model GPTQModel builds from a packed checkpoint, after checking each module's width."""
     import json
-    import re
     import torch
     from gptqmodel import BACKEND, GPTQModel
+
+    from check_gptq_export import module_bits  # the checkpoint's width of each module
 
     qc = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     m = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)
@@ -109,10 +110,7 @@ def load_gptqmodel(path):
     for name, mod in model.named_modules():
         if not hasattr(mod, "qweight"):
             continue
-        bits, group = qc["bits"], qc["group_size"]
-        for key, over in (qc.get("dynamic") or {}).items():
-            if re.match(key[2:] if key[:2] in ("+:", "-:") else key, name):
-                bits, group = over.get("bits", bits), over.get("group_size", group)
+        bits, group = module_bits(qc, name)
         got_group = getattr(mod, "group_size", group)
         if mod.bits != bits or (group > 0 and got_group != group):
             sys.exit(f"{name}: GPTQModel built {mod.bits}-bit group {got_group}, the checkpoint "

@@ -5,6 +5,8 @@
 //                                source, 4-bit RTN g128, written as f32 with fsync), to compare
 //                                with `dd conv=fsync` of the same bytes (BENCHMARKS.md).
 // bytes_per_second is the packed codes' bytes (pack, memcpy) or the checkpoint's tensor bytes.
+#include "support/harness.hpp"
+
 #include <fragile/export/fake_quant_checkpoint.hpp>
 #include <fragile/export/gptq_checkpoint.hpp>
 #include <fragile/export/quantize_plan.hpp>
@@ -68,19 +70,7 @@ std::filesystem::path qwen05_source() {
   const char* tmp = std::getenv("TMPDIR");
   const fs::path dir = fs::path(tmp && *tmp ? tmp : "/tmp") / "fragile-bench-qwen05-bf16";
   if (fs::exists(dir / "model.safetensors")) return dir;
-  model::ModelConfig c;
-  c.architecture = model::Architecture::kQwen2;
-  c.hidden_size = 896;
-  c.intermediate_size = 4864;
-  c.num_hidden_layers = 24;
-  c.num_attention_heads = 14;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.vocab_size = 151936;
-  c.max_position_embeddings = 32768;
-  c.rope_theta = 1e6;
-  c.tie_word_embeddings = true;
-  c.attention_bias = true;
+  model::ModelConfig c = bench::qwen05_config();
   c.torch_dtype = DType::kBF16;
   fs::create_directories(dir);
   io::SafetensorsWriter w;

@@ -8,6 +8,8 @@
 // --benchmark_filter to read its peak) and the f32 weight bytes. The PyTorch peer is
 // tools/bench_runtime_peer.py (same shapes, same thread count).
 //   OMP_NUM_THREADS=2 build/<dir>/bench/bench_model --benchmark_filter=BM_forward_nll
+#include "support/harness.hpp"
+
 #include <fragile/model/transformer.hpp>
 
 #include <benchmark/benchmark.h>
@@ -22,29 +24,11 @@ using namespace fragile;
 
 constexpr std::size_t kT = 512;
 
-model::ModelConfig qwen05_config() {
-  model::ModelConfig c;
-  c.architecture = model::Architecture::kQwen2;
-  c.hidden_size = 896;
-  c.intermediate_size = 4864;
-  c.num_hidden_layers = 24;
-  c.num_attention_heads = 14;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.vocab_size = 151936;
-  c.max_position_embeddings = 32768;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 1000000.0;
-  c.tie_word_embeddings = true;
-  c.attention_bias = true;
-  return c;
-}
-
 std::size_t weight_count = 0;
 
 const model::Transformer<cpu>& qwen05() {
   static const auto model = [] {
-    const auto c = qwen05_config();
+    const auto c = bench::qwen05_config();
     model::NamedTensors w;
     auto add = [&](const std::string& name, std::size_t n, float scale, float offset) {
       auto& v = w[name];

@@ -66,20 +66,8 @@ const Setup* stories() {
 
 const Setup* qwen_shaped() {
   static const std::unique_ptr<Setup> s = [] {
-    model::ModelConfig c;
-    c.architecture = model::Architecture::kQwen2;
-    c.hidden_size = 896;
-    c.intermediate_size = 4864;
+    model::ModelConfig c = bench::qwen05_config();
     c.num_hidden_layers = 4;
-    c.num_attention_heads = 14;
-    c.num_key_value_heads = 2;
-    c.head_dim = 64;
-    c.vocab_size = 151936;
-    c.max_position_embeddings = 32768;
-    c.rms_norm_eps = 1e-6;
-    c.rope_theta = 1000000.0;
-    c.tie_word_embeddings = true;
-    c.attention_bias = true;
     model::NamedTensors w;
     auto add = [&](const std::string& name, std::size_t n, float scale, float offset) {
       auto& v = w[name];

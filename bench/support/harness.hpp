@@ -9,6 +9,7 @@
 #pragma once
 
 #include "fragile/core/rng.hpp"
+#include "fragile/model/config.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -33,6 +34,25 @@ using Qwen05_Down = Shape<896, 4864>;        // Qwen2.5-0.5B down_proj
 using Llama7B_Attn = Shape<4096, 4096>;      // Llama-2-7B q/k/v/o_proj
 using Llama7B_Mlp = Shape<11008, 4096>;      // Llama-2-7B gate_proj / up_proj
 using Llama7B_Down = Shape<4096, 11008>;     // Llama-2-7B down_proj
+
+/// Qwen2.5-0.5B's configuration (24 blocks; callers that want fewer set num_hidden_layers).
+inline model::ModelConfig qwen05_config() {
+  model::ModelConfig c;
+  c.architecture = model::Architecture::kQwen2;
+  c.hidden_size = 896;
+  c.intermediate_size = 4864;
+  c.num_hidden_layers = 24;
+  c.num_attention_heads = 14;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.vocab_size = 151936;
+  c.max_position_embeddings = 32768;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 1000000.0;
+  c.tie_word_embeddings = true;
+  c.attention_bias = true;
+  return c;
+}
 
 /// Row-major (rows x cols) matrix with N(0, 0.02^2) entries (typical LLM weight scale).
 inline std::vector<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed = 1) {

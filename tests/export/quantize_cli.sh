@@ -10,20 +10,8 @@ rm -rf "$work" && mkdir -p "$work"
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 small=(--calib-windows 16 --eval-tokens 4096 --quiet)
-# expect <status> <stderr substring> -- <args...>
-expect() {
-  local want=$1 needle=$2; shift 3
-  local err status lines
-  err=$(timeout 120 "$fragile" "$@" 2>&1 >/dev/null)
-  status=$?
-  lines=$(printf '%s\n' "$err" | grep -c .)
-  if [ "$status" != "$want" ] || [[ "$err" != *"$needle"* ]] || [ "$lines" != 1 ]; then
-    fail "fragile $* -> status $status (want $want), $lines line(s):"
-    printf '%s\n' "$err" | sed 's/^/    /'
-  else
-    echo "ok: fragile $*: $err"
-  fi
-}
+EXPECT_TIMEOUT=120
+source "$(dirname "$0")/../support/cli_expect.sh"
 ppl_of() { grep -o '"ppl": [0-9.e+-]*' "$1" | head -1 | cut -d' ' -f2; }
 
 "$fragile" allocate --bits 3 --group-size 32 --budget 3.5 "${small[@]}" --out "$work/alloc" ||

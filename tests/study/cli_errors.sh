@@ -5,23 +5,7 @@
 set -uo pipefail
 fragile=$1 work=$2 data=${3:-}
 rm -rf "$work" && mkdir -p "$work"
-fails=0
-# expect <status> <stderr substring> -- <args...>
-expect() {
-  local want=$1 needle=$2; shift 3
-  local err status
-  err=$(timeout 60 "$fragile" "$@" 2>&1 >/dev/null)
-  status=$?
-  local lines
-  lines=$(printf '%s\n' "$err" | grep -c .)
-  if [ "$status" != "$want" ] || [[ "$err" != *"$needle"* ]] || [ "$lines" != 1 ]; then
-    echo "FAIL: fragile $* -> status $status (want $want), $lines line(s):"
-    printf '%s\n' "$err" | sed 's/^/    /'
-    fails=$((fails + 1))
-  else
-    echo "ok: fragile $*: $err"
-  fi
-}
+source "$(dirname "$0")/../support/cli_expect.sh"
 printf 'In the beginning was the Word.\n' > "$work/short.txt"
 : > "$work/a-file"
 mkfifo "$work/fifo"

@@ -129,9 +129,11 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
   io::SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
   std::size_t source_bytes = 0;
+  std::vector<std::size_t> shard_bytes(source.weights.file_count(), 0);  // tensor bytes per file
   for (const auto& name : source.weights.names()) {
     const auto& info = source.weights.info(name);
     source_bytes += info.nbytes;
+    shard_bytes[info.file] += info.nbytes;
     if (auto it = linear_of.find(name); it != linear_of.end()) {
       const auto& q = weights[it->second];
       const DType t = out.dtype;
@@ -175,13 +177,8 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
   // Shards as large as the source's largest (scaled by the dtype change), when it has shards.
   const auto index = source_path / io::kSafetensorsIndexName;
   if (fs::exists(index)) {
-    const auto j = nlohmann::json::parse(io::detail::read_whole_file(index, "safetensors index"));
-    std::map<std::string, std::size_t> shard_bytes;
-    for (const auto& [tensor, shard] : j.at("weight_map").items())
-      if (source.weights.contains(tensor))
-        shard_bytes[shard.get<std::string>()] += source.weights.info(tensor).nbytes;
-    std::size_t largest = 1;
-    for (const auto& [s, b] : shard_bytes) largest = std::max(largest, b);
+    const std::size_t largest =
+        std::max<std::size_t>(1, *std::max_element(shard_bytes.begin(), shard_bytes.end()));
     const double scale = source_bytes ? static_cast<double>(out.tensor_bytes) / source_bytes : 1.0;
     const auto max_shard = static_cast<std::size_t>(std::ceil(largest * scale));
     writer.write_sharded(dir, max_shard);

@@ -202,6 +202,15 @@ inline std::string regex_escape(const std::string& s) {
 }
 }  // namespace detail
 
+/// ConfigError unless `source_path` is a Hugging Face model folder: a GPTQ checkpoint carries
+/// its config and tokenizer files. Callers may check before quantizing.
+inline void require_gptq_source(const std::filesystem::path& source_path) {
+  require<ConfigError>(std::filesystem::is_directory(source_path),
+                       "GPTQ export: '{}' is a llama2.c checkpoint; GPTQ checkpoints are written "
+                       "from Hugging Face model folders (write the fake-quant checkpoint, a "
+                       "Hugging Face folder, and quantize that)", source_path.string());
+}
+
 /// Writes the packed GPTQ checkpoint of `source` (a HF folder at `source_path`) into the empty
 /// folder `dir`. Tensors other than the quantized linears keep their bytes and dtype.
 inline GptqCheckpoint write_gptq_checkpoint(const std::filesystem::path& dir,
@@ -211,10 +220,7 @@ inline GptqCheckpoint write_gptq_checkpoint(const std::filesystem::path& dir,
                                             const std::vector<quant::QuantizedWeight>& weights,
                                             GptqFormat format, const nlohmann::json& meta = {}) {
   namespace fs = std::filesystem;
-  require<ConfigError>(fs::is_directory(source_path),
-                       "GPTQ export: '{}' is a llama2.c checkpoint; GPTQ checkpoints are written "
-                       "from Hugging Face model folders (export the fake-quant checkpoint, or "
-                       "convert the model first)", source_path.string());
+  require_gptq_source(source_path);
   require<ArgumentError>(weights.size() == linears.size(),
                          "write_gptq_checkpoint: {} weights for {} linear layers", weights.size(),
                          linears.size());
