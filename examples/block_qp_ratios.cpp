@@ -13,6 +13,7 @@
 #include <fragile/study/ratios.hpp>
 
 #include <CLI/CLI.hpp>
+#include <exception>
 #include <fmt/format.h>
 
 int main(int argc, char** argv) {
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
       fmt::print("{:<20} {:<14} {:<7} {:>8.4f} {:>8.4f} {:>10.4f} {:>8.4f} {:>7.4f}\n",
                  row.setting, row.ratio, row.quantization, row.budget_bits, row.achieved_bits,
                  row.ppl, row.kl, row.top1);
-  } catch (const fragile::Error& e) {
+  } catch (const std::exception& e) {  // fragile::Error names the input
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

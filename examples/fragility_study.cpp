@@ -9,6 +9,7 @@
 //   4. Rank correlation of every score with V_l.
 #include <fragile/study/fragility_map.hpp>
 
+#include <exception>
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -37,7 +38,7 @@ int main(int argc, char** argv) try {
                  c.spearman.statistic, c.spearman.p_value, c.spearman_ci.lower,
                  c.spearman_ci.upper);
   return 0;
-} catch (const fragile::Error& e) {
+} catch (const std::exception& e) {  // fragile::Error names the input
   fmt::print(stderr, "error: {}\n", e.what());
   return 1;
 }

@@ -3,6 +3,7 @@
 // a 3-bit average budget, and its perplexity against the full-precision model.
 #include <fragile/fragile.hpp>
 
+#include <exception>
 #include <fmt/format.h>
 
 int main() try {
@@ -27,7 +28,7 @@ int main() try {
   const auto q = eval::perplexity(model, ctx.evaluation(), {.batch_size = 8, .overrides = &quantized});
   fmt::print("{:.3f} bits/weight: PPL {:.3f} (FP {:.3f})\n", plan.achieved_bits_per_weight,
              q.perplexity, fp.perplexity);
-} catch (const fragile::Error& e) {
+} catch (const std::exception& e) {  // fragile::Error names the input
   fmt::print(stderr, "error: {}\n", e.what());
   return 1;
 }

@@ -3,8 +3,11 @@
 #include <fragile/fragile.hpp>
 #include <fmt/format.h>
 
-int main(int argc, char** argv) {
-  if (argc != 4) return 2;
+int main(int argc, char** argv) try {
+  if (argc != 4) {
+    fmt::print(stderr, "usage: readme_example <model> <tokenizer> <text>\n");
+    return 2;
+  }
   auto ckpt = fragile::io::load_model(argv[1]);  // HF model directory or llama2.c .bin
   auto tok  = fragile::io::load_tokenizer(argv[2]);  // tokenizer.json, vocab dir or tokenizer.bin
   auto text = fragile::io::read_text_file(argv[3]);
@@ -22,4 +25,7 @@ int main(int argc, char** argv) {
       modules.push_back({name, w.back().data(), rows, cols});
     }
   for (auto& s : fragile::sensitivity::nsds_scores(modules)) fmt::print("{} {:.3f}\n", s.name, s.score);
+} catch (const std::exception& e) {  // fragile::Error names the input; others are rare
+  fmt::print(stderr, "readme_example: error: {}\n", e.what());
+  return 1;
 }

@@ -7,6 +7,7 @@
 #include <fragile/io/tokenizer/tokenizer.hpp>
 
 #include <CLI/CLI.hpp>
+#include <exception>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
                  static_cast<double>(held_out.size()) / static_cast<double>(ids.size()),
                  ids_out.string());
     }
-  } catch (const fragile::Error& e) {
+  } catch (const std::exception& e) {  // fragile::Error names the input
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

@@ -57,4 +57,7 @@ TEST_CASE("eval: a weight of 3e38 gives a NumericError from perplexity and diver
   auto ov = m.make_overrides();
   ov.set(q.index, std::span<const float>(w), q.out_features, q.in_features);
   CHECK_THROWS_AS(eval::divergence(m, windows, ref, &ov), NumericError);
+  // Caught where it arises: the first residual stream that overflows, named.
+  CHECK_THROWS_WITH(eval::divergence(m, windows, ref, &ov),
+                    Catch::Contains("after the attention (self_attn) of block 0 (model.layers.0)"));
 }

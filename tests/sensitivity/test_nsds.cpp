@@ -83,3 +83,15 @@ TEST_CASE("NSDS ranks a heavy-tailed, full-rank module above a Gaussian low-rank
   bad.writer_weight = 2.0;
   CHECK_THROWS_AS(sn::nsds_scores(modules, bad), fragile::ConfigError);
 }
+
+TEST_CASE("NSDS of an all-zero layer is a NumericError naming the layer") {
+  fragile::Rng rng(3);
+  std::vector<float> a(64), zero(64, 0.0f);
+  for (auto& x : a) x = static_cast<float>(rng.normal(0, 0.02));
+  const std::vector<sn::NsdsModule> modules = {{"model.layers.0.mlp.up_proj", a.data(), 8, 8, false},
+                                               {"model.layers.0.mlp.down_proj", zero.data(), 8, 8, true}};
+  CHECK_THROWS_AS(sn::nsds_scores(modules), fragile::NumericError);
+  CHECK_THROWS_WITH(sn::nsds_scores(modules),
+                    Catch::Contains("layer 'model.layers.0.mlp.down_proj'") &&
+                        Catch::Contains("constant"));
+}

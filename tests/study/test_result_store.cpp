@@ -3,6 +3,7 @@
 #include <fragile/study/progress.hpp>
 #include <fragile/study/result_store.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -60,11 +61,65 @@ TEST_CASE("ResultStore rejects corrupt files") {
   }
   CHECK_THROWS_AS(ResultStore(dir / "not_store.jsonl", "x"), fragile::IoError);
   {
-    std::ofstream(dir / "mid.jsonl") << R"({"fragile_result_store": 1, "fingerprint": "x"})"
+    std::ofstream(dir / "mid.jsonl") << R"({"fragile_result_store": 2, "fingerprint": "x"})"
                                      << "\n garbage\n"
                                      << R"({"key": "a", "value": 1})" << "\n";
   }
   CHECK_THROWS_WITH(ResultStore(dir / "mid.jsonl", "x"), Catch::Contains("line 2"));
+}
+
+namespace {
+std::vector<std::string> read_lines(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+void write_lines(const std::filesystem::path& p, const std::vector<std::string>& lines) {
+  std::ofstream out(p, std::ios::trunc);
+  for (const auto& l : lines) out << l << '\n';
+}
+}  // namespace
+
+TEST_CASE("ResultStore refuses records edited or damaged on disk") {
+  const auto dir = fragile::test::scratch_dir("result_store_checksum");
+  const auto path = dir / "sweep.jsonl";
+  {
+    ResultStore s(path, "fp");
+    s.put("oracle/base", {{"ppl", 17.5}, {"kl", 0.25}});
+    s.put("oracle/l0", {{"ppl", 18.0}, {"kl", 0.5}});
+  }
+  const auto lines = read_lines(path);
+  REQUIRE(lines.size() == 3);
+  SECTION("an edited value") {
+    auto edited = lines;
+    const auto at = edited[1].find("17.5");
+    REQUIRE(at != std::string::npos);
+    edited[1].replace(at, 4, "1e300");
+    write_lines(path, edited);
+    CHECK_THROWS_AS(ResultStore(path, "fp"), fragile::IoError);
+    CHECK_THROWS_WITH(ResultStore(path, "fp"),
+                      Catch::Contains("line 2") && Catch::Contains("oracle/base") &&
+                          Catch::Contains("checksum"));
+  }
+  SECTION("a record without its checksum") {
+    write_lines(path, {lines[0], R"({"key": "oracle/base", "value": {"ppl": -5}})"});
+    CHECK_THROWS_WITH(ResultStore(path, "fp"), Catch::Contains("line 2"));
+  }
+  SECTION("a complete but invalid last line is corruption, not a torn write") {
+    write_lines(path, {lines[0], lines[1], R"({"key": "oracle/l0", "value": )"});
+    CHECK_THROWS_WITH(ResultStore(path, "fp"), Catch::Contains("line 3") && Catch::Contains("not valid JSON"));
+    CHECK(read_lines(path).size() == 3);  // nothing was deleted
+  }
+  SECTION("a store of the format without checksums") {
+    write_lines(path, {R"({"fragile_result_store": 1, "fingerprint": "fp"})"});
+    CHECK_THROWS_WITH(ResultStore(path, "fp"), Catch::Contains("format version 1"));
+  }
+  SECTION("untouched, it reads back") {
+    ResultStore s(path, "fp");
+    CHECK(s.size() == 2);
+    CHECK((*s.get("oracle/l0"))["ppl"] == 18.0);
+  }
 }
 
 TEST_CASE("Progress reports counts, resumes and ETA") {

@@ -24,7 +24,8 @@ class MappedFile {
 
   /// Maps `path` read-only. Throws IoError naming the path and the system error.
   explicit MappedFile(const std::filesystem::path& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: open() of a FIFO would otherwise wait for a writer; it is refused below.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) raise<IoError>("cannot open '{}': {}", path.string(), std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0) {
@@ -34,7 +35,8 @@ class MappedFile {
     }
     if (!S_ISREG(st.st_mode)) {
       ::close(fd);
-      raise<IoError>("'{}' is not a regular file", path.string());
+      raise<IoError>("'{}': not a regular file (a directory, FIFO or device cannot be read)",
+                     path.string());
     }
     size_ = static_cast<std::size_t>(st.st_size);
     if (size_ > 0) {

@@ -190,7 +190,7 @@ inline FakeQuantCheckpoint write_fake_quant_checkpoint(
   }
 
   // The config, with its dtype made to match when every tensor became f32.
-  const auto config_text = io::detail::read_whole_file(source_path / "config.json", "config.json");
+  const auto config_text = io::read_input_file(source_path / "config.json", "config.json");
   if (all_f32 && linear_dtype != DType::kF32) {
     auto cfg = nlohmann::ordered_json::parse(config_text);
     for (const char* key : {"dtype", "torch_dtype"})

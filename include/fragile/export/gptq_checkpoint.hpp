@@ -292,7 +292,7 @@ inline GptqCheckpoint write_gptq_checkpoint(const std::filesystem::path& dir,
 
   writer.write(dir / "model.safetensors");
   auto cfg = nlohmann::ordered_json::parse(
-      io::detail::read_whole_file(source_path / "config.json", "config.json"));
+      io::read_input_file(source_path / "config.json", "config.json"));
   cfg["quantization_config"] = qc;
   io::write_atomically(dir / "config.json", std::string_view(cfg.dump(2) + "\n"));
   io::write_atomically(dir / "quantize_config.json", std::string_view(qc.dump(2) + "\n"));

@@ -22,7 +22,7 @@ inline std::vector<std::string> copy_hf_side_files(const std::filesystem::path& 
   std::vector<std::string> copied;
   for (const char* f : kHfSideFiles)
     if (std::filesystem::is_regular_file(from / f)) {
-      io::write_atomically(to / f, std::string_view(io::detail::read_whole_file(from / f,
+      io::write_atomically(to / f, std::string_view(io::read_input_file(from / f,
                                                                                  "model file")));
       copied.emplace_back(f);
     }

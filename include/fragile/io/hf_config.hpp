@@ -40,6 +40,7 @@
 
 #include "fragile/core/dtype.hpp"
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/model/config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -344,20 +345,17 @@ inline model::ModelConfig parse_hf_config(const nlohmann::json& j, std::string_v
   if (!c.eos_token_ids.empty()) c.eos_token_id = c.eos_token_ids.front();
 
   c.validate(source);
+  c.require_addressable_weights(source);
   return c;
 }
 
 /// Reads `path` (a config.json, or a model folder holding one).
 inline model::ModelConfig read_hf_config(const std::filesystem::path& path) {
   const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
-  std::ifstream in(file, std::ios::binary);
-  require<IoError>(static_cast<bool>(in), "cannot open HF config '{}'", file.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  require<IoError>(!in.bad(), "cannot read HF config '{}'", file.string());
+  const std::string text = read_input_file(file, "HF config");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text.str());
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     raise<ConfigError>("{}: not valid JSON: {}", file.string(), e.what());
   }

@@ -31,6 +31,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/io/atomic_file.hpp"
 #include "fragile/io/safetensors.hpp"
 #include "fragile/model/config.hpp"
@@ -268,15 +269,6 @@ inline std::vector<float> interleaved_to_half_rows(const std::vector<float>& w, 
   return out;
 }
 
-inline std::string read_whole_file(const std::filesystem::path& p, std::string_view what) {
-  std::ifstream in(p, std::ios::binary);
-  require<IoError>(static_cast<bool>(in), "write_hf_model: cannot open {} '{}'", what, p.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  require<IoError>(!in.bad(), "write_hf_model: cannot read {} '{}'", what, p.string());
-  return std::move(text).str();
-}
-
 }  // namespace detail
 
 /// config.json of `c` in the transformers 5 layout (see the file comment). ConfigError for a
@@ -366,7 +358,7 @@ inline void write_hf_model(const std::filesystem::path& dir, const model::ModelC
   write_atomically(dir / "generation_config.json",
                    std::string_view(detail::hf_json_text(detail::hf_generation_config_json(out_config))));
   if (options.tokenizer_json) {
-    const std::string text = detail::read_whole_file(*options.tokenizer_json, "tokenizer file");
+    const std::string text = read_input_file(*options.tokenizer_json, "tokenizer file");
     write_atomically(dir / "tokenizer.json", std::string_view(text));
     write_atomically(dir / "tokenizer_config.json",
                      std::string_view(detail::hf_json_text(

@@ -38,6 +38,7 @@
 
 #include "fragile/core/dtype.hpp"
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/core/mapped_file.hpp"
 #include "fragile/io/atomic_file.hpp"
 #include "fragile/io/tensor_store.hpp"
@@ -236,12 +237,7 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
 namespace detail {
 
 inline std::string read_text_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) raise<IoError>("cannot open '{}': {}", p.string(), std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  require<IoError>(!in.bad(), "cannot read '{}'", p.string());
-  return ss.str();
+  return read_input_file(p, "safetensors index");
 }
 
 inline bool ends_with(std::string_view s, std::string_view suffix) {

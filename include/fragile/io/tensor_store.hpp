@@ -23,6 +23,7 @@
 #include <xtensor/xtensor.hpp>
 
 #include "fragile/core/dtype.hpp"
+#include "fragile/core/finite.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/core/mapped_file.hpp"
 
@@ -120,13 +121,17 @@ class TensorStore {
   }
 
   /// Copies the tensor into `dst` as f32 (upcasting bf16/f16), throwing NumericError naming the
-  /// tensor if any value is NaN or Inf.
+  /// tensor if any value is NaN or Inf, and IoError for an integer dtype.
   void read_f32(const std::string& name, std::span<float> dst) const {
     const auto& i = info(name);
     require<ShapeError>(dst.size() == i.numel(), "{}: tensor '{}' has {} elements, buffer has {}",
                         description_, name, i.numel(), dst.size());
-    // Convert and check in cache-sized blocks; the check is a branch-free OR over exponent
-    // bits so it vectorises, and the offending index is only searched for on failure.
+    // Integer tensors are codes (a quantized checkpoint), not values: never read them as weights.
+    require<IoError>(is_floating(i.dtype),
+                     "{}: tensor '{}' is stored as {}; fragile reads values stored as F32, F16 or "
+                     "BF16 (a quantized checkpoint is not a source: give its FP original)",
+                     description_, name, dtype_name(i.dtype));
+    // Convert and check in cache-sized blocks (the check is first_non_finite's vectorised scan).
     const std::byte* src = bytes(name).data();
     const std::size_t item = dtype_size(i.dtype);
     constexpr std::size_t kBlock = 8192;
@@ -134,15 +139,9 @@ class TensorStore {
       const std::size_t n = std::min(kBlock, dst.size() - start);
       float* d = dst.data() + start;
       convert_to_f32(i.dtype, src + start * item, d, n);
-      std::uint32_t bad = 0;
-      for (std::size_t k = 0; k < n; ++k)
-        bad |= static_cast<std::uint32_t>((std::bit_cast<std::uint32_t>(d[k]) & 0x7f800000u) ==
-                                          0x7f800000u);
-      if (bad)
-        for (std::size_t k = 0; k < n; ++k)
-          if (!std::isfinite(d[k]))
-            raise<NumericError>("{}: tensor '{}' holds a non-finite value ({}) at flat index {}",
-                                description_, name, d[k], start + k);
+      if (const std::size_t k = first_non_finite(d, n); k < n)
+        raise<NumericError>("{}: tensor '{}' holds a non-finite value ({}) at flat index {}",
+                            description_, name, d[k], start + k);
     }
   }
 

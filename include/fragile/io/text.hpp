@@ -10,6 +10,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/io/utf8.hpp"
 
 #include <algorithm>
@@ -34,12 +35,7 @@ inline void validate_utf8(std::string_view text, std::string_view source) {
 
 /// The whole file as a string; IoError if unreadable, empty or not valid UTF-8.
 inline std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  require<IoError>(static_cast<bool>(in), "cannot open text file '{}'", path.string());
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  require<IoError>(!in.bad(), "cannot read text file '{}'", path.string());
-  std::string text = std::move(buffer).str();
+  std::string text = read_input_file(path, "text file");
   require<IoError>(!text.empty(), "text file '{}' is empty", path.string());
   validate_utf8(text, path.string());
   return text;

@@ -16,6 +16,7 @@
 
 #include "fragile/backend/cpu.hpp"
 #include "fragile/core/error.hpp"
+#include "fragile/core/finite.hpp"
 #include "fragile/core/rng.hpp"
 #include "fragile/io/tensor_store.hpp"
 #include "fragile/model/capture.hpp"
@@ -155,6 +156,25 @@ struct ParameterGradients {
   }
 };
 
+namespace detail {
+/// A checkpoint holding blocks the config does not count ("model.layers.N." with N >=
+/// num_hidden_layers) is a mismatched config, not weights to ignore.
+inline void require_no_extra_blocks(const ModelConfig& c, const io::TensorStore& store) {
+  constexpr std::string_view prefix = "model.layers.";
+  for (const auto& name : store.names()) {
+    if (!name.starts_with(prefix)) continue;
+    std::size_t block = 0, k = prefix.size();
+    if (k >= name.size() || name[k] < '0' || name[k] > '9') continue;
+    for (; k < name.size() && name[k] >= '0' && name[k] <= '9' && block < (1u << 20); ++k)
+      block = block * 10 + static_cast<std::size_t>(name[k] - '0');
+    require<ConfigError>(block < c.num_hidden_layers,
+                         "{}: holds tensor '{}' of block {}, but the config has "
+                         "num_hidden_layers = {}; the config does not match the weights",
+                         store.description(), name, block, c.num_hidden_layers);
+  }
+}
+}  // namespace detail
+
 template <backend::Backend B = cpu>
 class Transformer {
  public:
@@ -165,6 +185,7 @@ class Transformer {
   Transformer(ModelConfig config, const io::TensorStore& store, TransformerOptions options = {})
       : config_(std::move(config)), options_(options) {
     config_.validate(store.description());
+    detail::require_no_extra_blocks(config_, store);
     load([&](const std::string& name, std::vector<std::size_t> shape) {
       const auto& info = store.info(name);
       require<ShapeError>(info.shape == shape, "{}: tensor '{}' has shape {}, the config needs {}",
@@ -586,7 +607,8 @@ class Transformer {
                            min_len);
     require<ArgumentError>(options_.allow_long_windows || T <= config_.max_position_embeddings,
                            "Transformer: windows of {} tokens exceed max_position_embeddings = {} "
-                           "(set TransformerOptions::allow_long_windows to allow)", T,
+                           "(use --seqlen {} or less; in code, TransformerOptions::allow_long_windows "
+                           "allows longer windows)", T, config_.max_position_embeddings,
                            config_.max_position_embeddings);
   }
 
@@ -600,6 +622,19 @@ class Transformer {
     p.ids.reserve(p.windows * p.seq_len);
     for (const auto& w : windows) p.ids.insert(p.ids.end(), w.begin(), w.end());
     return p;
+  }
+
+  /// NumericError when the residual stream (N rows of hidden_size) after `stage` of `block`
+  /// holds a NaN or infinity, naming the block, the stage and the first bad position. Checked
+  /// where it arises: a NaN there would otherwise surface only as a garbage statistic.
+  void require_finite_residual(const float* x, std::size_t N, std::size_t T, std::size_t block,
+                               const char* stage) const {
+    const std::size_t C = config_.hidden_size, bad = first_non_finite(x, N * C);
+    if (bad == N * C) return;
+    const std::size_t row = bad / C;
+    raise<NumericError>("forward: the hidden state after the {} of block {} (model.layers.{}) is "
+                        "not finite ({} at window {} of the batch, position {}): a weight or "
+                        "activation overflowed", stage, block, block, x[bad], row / T, row % T);
   }
 
   /// Runs the blocks and the final norm; returns the final hidden states (N, C). With `saved`,
@@ -670,6 +705,7 @@ class Transformer {
       on_x(li[3], attp);
       backend::Ops<B>::gemm(backend::Trans::kN, backend::Trans::kT, N, C, qd, 1.0f, attp, qd,
                             weight_of(i, LinearKind::kO, ov), qd, 1.0f, x.data(), C);
+      require_finite_residual(x.data(), N, T, i, "attention (self_attn)");
       if (s) s->x_mid = x;
       float* xn2 = buf(xn, sv.xn2, N * C);
       float* rstd2 = s ? (sv.rstd2.resize(N), sv.rstd2.data()) : nullptr;
@@ -687,6 +723,7 @@ class Transformer {
       on_x(li[6], h);
       backend::Ops<B>::gemm(backend::Trans::kN, backend::Trans::kT, N, C, I, 1.0f, h, I,
                             weight_of(i, LinearKind::kDown, ov), I, 1.0f, x.data(), C);
+      require_finite_residual(x.data(), N, T, i, "MLP (mlp)");
     }
     Buffer<float> out(N * C);
     float* rstd_f = nullptr;

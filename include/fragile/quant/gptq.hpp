@@ -179,11 +179,13 @@ struct Gptq {
     std::vector<std::uint8_t> codes(static_cast<std::size_t>(rows * n));
     const Index bs = block_size;
     MatrixF err(rows, std::min(bs, n));
-    double loss = 0.0;
+    // Per-row losses summed in row order at the end (an OpenMP reduction adds the threads'
+    // partial sums in the order they finish: the loss would change from run to run).
+    std::vector<double> row_losses(static_cast<std::size_t>(rows), 0.0);
     for (Index i1 = 0; i1 < n; i1 += bs) {
       const Index i2 = std::min(i1 + bs, n), count = i2 - i1;
       // Rows are independent inside a block: each thread runs whole rows through it.
-#pragma omp parallel reduction(+ : loss) if (rows * count * count > (1 << 21))
+#pragma omp parallel if (rows * count * count > (1 << 21))
       {
         std::vector<float> w1(static_cast<std::size_t>(count));
 #pragma omp for schedule(static)
@@ -221,7 +223,7 @@ struct Gptq {
             const float* urow = st.u.row(col).data();
             for (Index j = i + 1; j < count; ++j) w1[static_cast<std::size_t>(j)] -= e * urow[i1 + j];
           }
-          loss += row_loss;
+          row_losses[static_cast<std::size_t>(r)] += row_loss;
         }
       }
       if (i2 < n) {
@@ -230,6 +232,8 @@ struct Gptq {
       }
     }
     for (Index r = 0; r < rows; ++r) q.codes.pack_row(r, codes.data() + r * n);
+    double loss = 0.0;
+    for (double l : row_losses) loss += l;
     q.loss = loss / 2.0;
     q.loss_kind = LossKind::kGptqObs;
     return q;

@@ -131,8 +131,10 @@ inline QuantizedWeight rtn_quantize(WeightRef w, const QuantSpec& spec) {
   QuantizedWeight q(w.rows(), w.cols(), spec);
   const auto maxq = static_cast<float>(spec.max_code());
   const GroupLayout& groups = q.groups;
-  double sse = 0.0;
-#pragma omp parallel reduction(+ : sse) if (w.rows() * w.cols() > (1 << 14))
+  // Per-row errors summed in row order afterwards: an OpenMP reduction would add the threads'
+  // partial sums in the order they finish, and the loss would change from run to run.
+  std::vector<double> row_sse(static_cast<std::size_t>(w.rows()), 0.0);
+#pragma omp parallel if (w.rows() * w.cols() > (1 << 14))
   {
     std::vector<std::uint8_t> row_codes(static_cast<std::size_t>(w.cols()));
     Eigen::ArrayXf code(groups.group_size);
@@ -160,9 +162,11 @@ inline QuantizedWeight rtn_quantize(WeightRef w, const QuantSpec& spec) {
         row_err += static_cast<double>(((code.head(n) - p.zero) * p.scale - xg).square().sum());
       }
       q.codes.pack_row(r, row_codes.data());
-      sse += row_err;
+      row_sse[static_cast<std::size_t>(r)] = row_err;
     }
   }
+  double sse = 0.0;
+  for (double e : row_sse) sse += e;
   q.loss = sse;
   q.loss_kind = LossKind::kWeightSse;
   return q;

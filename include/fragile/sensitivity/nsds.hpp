@@ -159,9 +159,14 @@ inline std::vector<NsdsScore> nsds_scores(std::span<const NsdsModule> modules,
     require<ArgumentError>(m.weight != nullptr && m.rows > 0 && m.cols > 0,
                            "nsds_scores: module '{}' has no weight data", m.name);
     out[i].name = m.name;
-    nv[i] = out[i].numerical = excess_kurtosis({m.weight, m.rows * m.cols});
-    const auto s = singular_values(m.weight, m.rows, m.cols);
-    se[i] = out[i].structural = spectral_entropy(s, options.spectrum);
+    try {
+      nv[i] = out[i].numerical = excess_kurtosis({m.weight, m.rows * m.cols});
+      const auto s = singular_values(m.weight, m.rows, m.cols);
+      se[i] = out[i].structural = spectral_entropy(s, options.spectrum);
+    } catch (const NumericError& e) {
+      // e.g. an all-zero layer: its kurtosis and spectrum are undefined, so NSDS cannot rank it.
+      raise<NumericError>("NSDS of layer '{}' ({} x {}): {}", m.name, m.rows, m.cols, e.what());
+    }
   }
   const auto nv_n = mad_sigmoid(nv), se_n = mad_sigmoid(se);
   for (std::size_t i = 0; i < modules.size(); ++i) {

@@ -100,6 +100,21 @@ struct OracleEvaluation {
     };
     return {get("ppl"), get("kl"), get("top1")};
   }
+  /// from_json of the value stored under `key`, with each number checked against its domain
+  /// (ppl >= 1, kl >= 0, top1 in [0, 1]): a value no evaluation can produce is an IoError
+  /// naming the key, never a result.
+  static OracleEvaluation from_stored(const nlohmann::json& j, std::string_view key) {
+    const OracleEvaluation e = from_json(j);
+    auto check = [&](double v, const char* name, bool ok, const char* domain) {
+      require<IoError>(std::isnan(v) || (std::isfinite(v) && ok),
+                       "result store: '{}' holds {} = {}, outside {}; delete the store to start "
+                       "over", key, name, v, domain);
+    };
+    check(e.ppl, "ppl", e.ppl >= 1.0, "[1, inf)");
+    check(e.kl, "kl", e.kl >= -1e-9, "[0, inf)");
+    check(e.top1, "top1", e.top1 >= 0.0 && e.top1 <= 1.0, "[0, 1]");
+    return e;
+  }
 };
 
 struct OracleRow {
@@ -230,7 +245,7 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
     if (!opt.store) return std::nullopt;
     const auto j = opt.store->get(key);
     if (!j) return std::nullopt;
-    auto e = OracleEvaluation::from_json(*j);
+    auto e = OracleEvaluation::from_stored(*j, key);
     // An entry without the requested KL is recomputed.
     if (!std::isfinite(e.ppl) || (opt.divergence && !std::isfinite(e.kl))) return std::nullopt;
     return e;
@@ -281,8 +296,9 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
   };
 
   // FP perplexity: from the store, or the reference (which every computed evaluation needs).
-  if (auto fp = opt.store ? opt.store->get(fp_key) : std::nullopt; fp && (*fp)["ppl"].is_number()) {
-    res.fp_ppl = (*fp)["ppl"].get<double>();
+  if (auto fp = opt.store ? opt.store->get(fp_key) : std::nullopt;
+      fp && std::isfinite(OracleEvaluation::from_stored(*fp, fp_key).ppl)) {
+    res.fp_ppl = OracleEvaluation::from_stored(*fp, fp_key).ppl;
   } else {
     res.fp_ppl = reference().perplexity.perplexity;
     if (opt.store) opt.store->put(fp_key, OracleEvaluation{res.fp_ppl, 0.0, 1.0}.to_json());

@@ -28,10 +28,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fragile::sensitivity {
@@ -262,12 +264,33 @@ class MetricAccumulator {
       }
     }
     if (n.output_error) output_error_sums(c, os, K, out, in);
+    require_finite_sums(li, ls, os);
     if (progress_) progress_->tick(li.name);
   }
 
   static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
 
  private:
+  // A NaN or infinity in a layer's sums (its gradients overflowed in the backward) is named here,
+  // with the layer and the sum, rather than after the pass in the statistics.
+  void require_finite_sums(const model::LinearInfo& li, const LayerStats& ls,
+                           const std::vector<OptionStats>& os) const {
+    require<NumericError>(std::isfinite(ls.g2),
+                          "metric pass: the output gradients of '{}' are not finite (sum g^2 = "
+                          "{}): the backward overflowed", li.name, ls.g2);
+    for (std::size_t k = 0; k < os.size(); ++k) {
+      const OptionStats& o = os[k];
+      const std::pair<const char*, double> sums[] = {
+          {"sum (g.dy)^2", o.gdy2},        {"sum (g_i dy_i)^2", o.gdy2_diag},
+          {"sum dy^2", o.dy2},             {"input power", o.input_power},
+          {"Fisher diagonal", o.fisher_diag}, {"weight SSE", o.weight_sse}};
+      for (const auto& [what, v] : sums)
+        require<NumericError>(std::isfinite(v),
+                              "metric pass: {} of '{}' (candidate {}) is not finite ({}): the "
+                              "activations or gradients overflowed", what, li.name, k, v);
+    }
+  }
+
   // sum_t (g.dy)^2, sum_t sum_i (g_i dy_i)^2, sum_t ||dy||^2 for every option, over row chunks.
   void output_error_sums(const model::LayerCapture& c, std::vector<OptionStats>& os,
                          std::size_t K, Eigen::Index out, Eigen::Index in) {

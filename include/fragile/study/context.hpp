@@ -15,6 +15,7 @@
 #include "fragile/core/error.hpp"
 #include "fragile/data/windows.hpp"
 #include "fragile/eval/perplexity.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/io/load_model.hpp"
 #include "fragile/io/text.hpp"
 #include "fragile/io/tokenizer/tokenizer.hpp"
@@ -123,11 +124,7 @@ inline ContextOptions resolve(ContextOptions o) {
 
 /// A regular file (a FIFO would block in open(), a directory fail later); names the option.
 inline void check_regular_file(const std::filesystem::path& p, std::string_view option) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const auto st = fs::status(p, ec);
-  require<IoError>(fs::exists(st), "{} '{}': no such file", option, p.string());
-  require<IoError>(fs::is_regular_file(st), "{} '{}': not a regular file", option, p.string());
+  io::require_regular_file(p, option);
 }
 
 class Context {

@@ -380,7 +380,11 @@ inline RatiosResult run_ratios(const Context& ctx, const RatiosOptions& opt, Res
             ++res.loss_evaluations_resumed;
             res.loss_evaluation_seconds += j->value("seconds", 0.0);
             progress.tick();
-            return (*j)["loss"].get<double>();
+            const double stored = (*j)["loss"].get<double>();
+            require<IoError>(std::isfinite(stored) && stored >= -1e-9,
+                             "result store: '{}' holds loss = {}, not a KL divergence (>= 0); "
+                             "delete the store to start over", key, stored);
+            return stored;
           }
         const auto t1 = Clock::now();
         if (!splits) splits = &splits_for(every);
@@ -437,7 +441,7 @@ inline RatiosResult run_ratios(const Context& ctx, const RatiosOptions& opt, Res
       std::optional<sensitivity::OracleEvaluation> e;
       if (store)
         if (auto j = store->get(key)) {
-          e = sensitivity::OracleEvaluation::from_json(*j);
+          e = sensitivity::OracleEvaluation::from_stored(*j, key);
           if (!std::isfinite(e->ppl) || !std::isfinite(e->kl)) e.reset();
         }
       if (e) {

@@ -161,7 +161,7 @@ inline ShootoutResult run_shootout(const Context& ctx, const MapResult& map,
       key += fmt::format("{}{}", l ? "," : "", map.candidate_bits[option[l]]);
     if (store)
       if (auto j = store->get(key)) {
-        auto e = sensitivity::OracleEvaluation::from_json(*j);
+        auto e = sensitivity::OracleEvaluation::from_stored(*j, key);
         if (std::isfinite(e.ppl) && std::isfinite(e.kl)) return e;
       }
     std::vector<MatrixF> fake(L);

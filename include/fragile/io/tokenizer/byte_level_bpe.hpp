@@ -10,6 +10,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/io/tokenizer/regex.hpp"
 #include "fragile/io/utf8.hpp"
 
@@ -386,12 +387,9 @@ class ByteLevelBpeTokenizer {
   }
 
   static nlohmann::json read_json(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    require<IoError>(static_cast<bool>(in), "cannot open '{}'", path.string());
-    std::ostringstream ss;
-    ss << in.rdbuf();
+    const std::string text = read_input_file(path, "tokenizer file");
     try {
-      return nlohmann::json::parse(ss.str());
+      return nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       raise<IoError>("{}: invalid JSON: {}", path.string(), e.what());
     }
@@ -438,8 +436,7 @@ class ByteLevelBpeTokenizer {
   }
 
   static Merges read_merges_txt(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    require<IoError>(static_cast<bool>(in), "cannot open '{}'", path.string());
+    auto in = open_input_file(path, "merges file");
     Merges merges;
     std::string line;
     std::size_t line_no = 0;

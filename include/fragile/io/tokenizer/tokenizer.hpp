@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/io/input_file.hpp"
 #include "fragile/io/tokenizer/byte_level_bpe.hpp"
 #include "fragile/io/tokenizer/llama2c_tokenizer.hpp"
 
@@ -103,13 +104,31 @@ inline AnyTokenizer load_tokenizer(const std::filesystem::path& path,
     raise<IoError>("'{}': no tokenizer.json, vocab.json + merges.txt, or tokenizer.bin in it",
                    path.string());
   }
-  std::ifstream in(path, std::ios::binary);
-  require<IoError>(static_cast<bool>(in), "cannot open tokenizer '{}'", path.string());
+  auto in = open_input_file(path, "tokenizer");
   char c = 0;
   while (in.get(c) && (c == ' ' || c == '\n' || c == '\r' || c == '\t')) {
   }
   if (in && c == '{') return ByteLevelBpeTokenizer::from_tokenizer_json(path);
-  return Llama2cTokenizer(path);
+  constexpr std::string_view accepted =
+      "accepted: a HF tokenizer.json, a folder with tokenizer.json or vocab.json + merges.txt, "
+      "or a llama2.c tokenizer.bin";
+  char magic[4] = {};
+  in.clear();
+  in.seekg(0);
+  in.read(magic, 4);
+  require<IoError>(std::string_view(magic, 4) != "GGUF",
+                   "tokenizer '{}': a GGUF file, not a tokenizer ({})", path.string(), accepted);
+  try {
+    return Llama2cTokenizer(path);
+  } catch (const IoError& e) {
+    // A SentencePiece .model is a protobuf whose first field (the pieces) starts with 0x0A.
+    if (magic[0] == '\x0a' || path.extension() == ".model")
+      raise<IoError>("tokenizer '{}': looks like a SentencePiece model, which fragile does not "
+                     "read; save it as tokenizer.json with transformers ({})",
+                     path.string(), accepted);
+    raise<IoError>("tokenizer '{}': not JSON, and not a llama2.c tokenizer.bin ({}); {}",
+                   path.string(), e.what(), accepted);
+  }
 }
 
 }  // namespace fragile::io
