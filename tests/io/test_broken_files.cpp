@@ -2,9 +2,13 @@
 // must raise fragile::IoError carrying its documented key phrase and the file's name (and never
 // UB: this suite also runs under ASan/UBSan).
 #include <cstring>
+#include <sys/stat.h>
 #include <fstream>
 
+#include "fragile/io/load_model.hpp"
 #include "fragile/io/safetensors.hpp"
+#include "fragile/io/text.hpp"
+#include "fragile/io/tokenizer/tokenizer.hpp"
 #include "support/test_data.hpp"
 
 using Catch::Contains;
@@ -236,4 +240,16 @@ TEST_CASE("a folder prefers model.safetensors.index.json over model.safetensors"
   CHECK(open_safetensors(dir).names() == std::vector<std::string>{"c"});
   fs::remove(dir / "model.safetensors.index.json");
   CHECK(open_safetensors(dir).names() == std::vector<std::string>{"single"});
+}
+
+TEST_CASE("A FIFO or a directory given as an input file is refused, never waited on") {
+  const auto dir = fragile::test::scratch_dir("broken_fifo");
+  const auto fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Each of these used to block in open() until a writer appeared.
+  CHECK_THROWS_WITH(fragile::io::read_text_file(fifo), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(fragile::io::load_tokenizer(fifo), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(fragile::io::load_model(fifo), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(fragile::MappedFile(fifo), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(fragile::io::read_text_file(dir), Catch::Contains("not a regular file"));
 }

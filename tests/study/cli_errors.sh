@@ -25,6 +25,21 @@ expect 1 "--budget 9: outside the feasible range [2, 8] bits/weight" -- allocate
 expect 1 "plan '$work/short.txt': not valid JSON" -- eval --plan "$work/short.txt"
 expect 1 "give exactly one of --plan FILE or --checkpoint DIR" -- eval
 expect 1 "results.json" -- report --out "$work"
+printf 'GGUF\x03\x00\x00\x00' > "$work/model.gguf"
+printf '\x0a\x05\x0a\x01a\x15' > "$work/tokenizer.model"
+expect 1 "--tokenizer '$work/fifo': not a regular file" -- map --tokenizer "$work/fifo" --out "$work/o10"
+expect 1 "a GGUF file, not a tokenizer (accepted: a HF tokenizer.json" -- map --tokenizer "$work/model.gguf" --out "$work/o11"
+expect 1 "looks like a SentencePiece model" -- map --tokenizer "$work/tokenizer.model" --out "$work/o12"
+# A config that counts fewer blocks than the checkpoint holds.
+model_dir=$(dirname "$0")/../../examples/models/kjv-tiny
+mkdir -p "$work/short-config"
+cp "$model_dir"/* "$work/short-config/"
+sed -i 's/"num_hidden_layers": *[0-9]*/"num_hidden_layers": 2/' "$work/short-config/config.json"
+expect 1 "holds tensor 'model.layers.2." -- map --model "$work/short-config" --calib "$model_dir/calib.txt" --eval "$model_dir/eval.txt" --out "$work/o13"
+# A finished run's store edited by hand: --resume refuses it, naming the line.
+"$fragile" map --quiet --calib-windows 4 --eval-tokens 1024 --bootstrap 50 --threads 1 --out "$work/run" >/dev/null
+sed -i '3s/"ppl":[0-9.e+-]*/"ppl":1e300/' "$work/run/store.jsonl"
+expect 1 "line 3" -- map --quiet --calib-windows 4 --eval-tokens 1024 --bootstrap 50 --threads 1 --out "$work/run" --resume
 if [ -n "$data" ] && [ -d "$data/tokenizers/gpt2" ]; then
   expect 1 "has 50257 tokens, the model's embedding only 1024" -- \
     map --tokenizer "$data/tokenizers/gpt2" --out "$work/o9"

@@ -163,6 +163,7 @@ class Context {
       require<IoError>(fs::exists(opt_.tokenizer, e2), "--tokenizer '{}': no such file",
                        opt_.tokenizer.string());
     }
+    if (!fs::is_directory(opt_.tokenizer)) check_regular_file(opt_.tokenizer, "--tokenizer");
     tok_ = std::make_unique<io::AnyTokenizer>(io::load_tokenizer(opt_.tokenizer));
     require<ConfigError>(tok_->vocab_size() <= cfg.vocab_size,
                          "--tokenizer '{}' has {} tokens, the model's embedding only {} (a "
