@@ -4,6 +4,7 @@
 #pragma once
 
 #include <fragile/backend/cpu.hpp>
+#include <CLI/CLI.hpp>
 #include <fragile/core/error.hpp>
 #include <fragile/study/context.hpp>
 
@@ -67,6 +68,23 @@ std::size_t parameter_count(Model& m) {
   std::size_t n = 0;
   for (const auto& p : m.parameters()) n += p.value.size();
   return n;
+}
+
+/// Every unsigned option of `app` and its subcommands refuses a negative value: CLI11 converts
+/// "-1" to 2^64-1 for an unsigned field, which would read as "no limit".
+inline void refuse_negative_unsigned(CLI::App& app) {
+  const CLI::Validator non_negative(
+      [](std::string& v) {
+        const auto first = v.find_first_not_of(" \t");
+        return first != std::string::npos && v[first] == '-'
+                   ? std::string("expected a non-negative integer, got ") + v
+                   : std::string();
+      },
+      "", "NON_NEGATIVE");
+  for (CLI::Option* o : app.get_options())
+    if (o->get_type_name().rfind("UINT", 0) == 0) o->check(non_negative);
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    refuse_negative_unsigned(*sub);
 }
 
 }  // namespace fragile::cli

@@ -118,7 +118,8 @@ inline void add_inspect_command(CLI::App& app, std::function<int()>& action) {
   c->add_option("--text-format", a->text_format, "how --text is read")
       ->check(CLI::IsMember({"plain", "tinystories", "wikitext2-raw"}));
   c->add_option("--tokenizer", a->tokenizer, "tokenizer (default: the one beside the model)");
-  c->add_option("--seqlen", a->seqlen, "window length in tokens")->check(CLI::Range(4, 1 << 20));
+  c->add_option("--seqlen", a->seqlen, "window length in tokens")
+      ->check(CLI::Range(4, 1 << 20, "4 to 1048576"));
   c->add_option("--max-tokens", a->max_tokens, "token budget for the windows (0: all)");
   c->callback([a, &action] { action = [a] { return run_inspect(*a); }; });
 }

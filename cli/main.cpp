@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   fragile::cli::add_quantize_command(app, action);
   fragile::cli::add_report_command(app, action);
   fragile::cli::add_train_command(app, action);
+  fragile::cli::refuse_negative_unsigned(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,6 +16,7 @@
 #include <fragile/study/result_store.hpp>
 
 #include <cmath>
+#include <limits>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -405,4 +406,17 @@ TEST_CASE("oracle: stories260K RestoreOne at 3 bits", "[sensitivity][oracle][dat
     if (li.index != 34) set_layer(ov, li, q[li.index]);
   const double b = eval::perplexity(m, windows, {.batch_size = 2, .overrides = &ov}).perplexity;
   CHECK(rel_close(r.rows[34].ppl, b, 1e-6));  // f32 over 64-wide rows and 512 logits
+}
+
+TEST_CASE("oracle: a stored evaluation outside its domain is an error naming the key") {
+  using fragile::sensitivity::OracleEvaluation;
+  const auto ok = OracleEvaluation::from_stored({{"ppl", 17.5}, {"kl", 0.25}, {"top1", 0.75}}, "k");
+  CHECK(ok.ppl == 17.5);
+  CHECK(std::isnan(OracleEvaluation::from_stored({{"ppl", nullptr}}, "k").ppl));  // recomputed
+  for (const nlohmann::json& bad : {nlohmann::json{{"ppl", -5.0}}, nlohmann::json{{"ppl", 0.5}},
+                                    nlohmann::json{{"ppl", std::numeric_limits<double>::infinity()}},
+                                    nlohmann::json{{"ppl", 2.0}, {"kl", -0.5}},
+                                    nlohmann::json{{"ppl", 2.0}, {"top1", 1.5}}})
+    CHECK_THROWS_WITH(OracleEvaluation::from_stored(bad, "oracle/x/base"),
+                      Catch::Contains("'oracle/x/base'"));
 }

@@ -12,6 +12,8 @@ mkfifo "$work/fifo"
 
 expect 2 "--bits: Value 9 not in range" -- map --bits 9 --out "$work/o1"
 expect 2 "--calib-windows" -- map --calib-windows -1 --out "$work/o1"
+expect 2 "--max-tokens: expected a non-negative integer, got -1" -- inspect --max-tokens -1
+expect 2 "--warmup: expected a non-negative integer, got -3" -- train --text "$work/short.txt" --eval "$work/short.txt" --out "$work/t1" --warmup -3
 expect 2 "--quantizer: foo not in" -- map --quantizer foo --out "$work/o1"
 expect 2 "--out is required" -- shootout
 expect 1 "--model '/nonexistent': no such file or directory" -- map --model /nonexistent --out "$work/o2"
