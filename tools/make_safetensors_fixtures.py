@@ -7,7 +7,8 @@ tests/fixtures/safetensors/
   expected.json                per tensor: dtype, shape, the f32 values the stored data decode to
                                (as uint32 bit patterns) and, for bf16/f16, the f32 source values
                                torch rounded (so the C++ side can check it rounds identically)
-tests/fuzz/corpus/safetensors/ small valid files that seed the header fuzzer
+tests/fuzz/corpus/safetensors_header/
+                               small valid files that seed the header fuzzer
 
 Usage: python3 tools/make_safetensors_fixtures.py   (from the repository root; needs torch,
 safetensors and huggingface_hub; the outputs are committed, so tests never need Python).
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "safetensors"
-SEEDS = ROOT / "tests" / "fuzz" / "corpus" / "safetensors"
+SEEDS = ROOT / "tests" / "fuzz" / "corpus" / "safetensors_header"
 
 
 def f32_bits(t):

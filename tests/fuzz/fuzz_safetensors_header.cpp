@@ -1,6 +1,7 @@
 // libFuzzer target for the safetensors header parser: any byte string must either parse or throw
-// a fragile::Error, never crash, leak or trip ASan/UBSan. Seeds: tests/fuzz/corpus/safetensors/.
-//   build/fuzz/tests/fuzz/fuzz_safetensors_header -max_total_time=60 tests/fuzz/corpus/safetensors
+// a fragile::Error, never crash, leak or trip ASan/UBSan.
+// Seeds: tests/fuzz/corpus/safetensors_header/ (tools/make_safetensors_fixtures.py).
+//   build/fuzz/tests/fuzz/fuzz_safetensors_header -max_total_time=60 tests/fuzz/corpus/safetensors_header
 #include <cstddef>
 #include <cstdint>
 

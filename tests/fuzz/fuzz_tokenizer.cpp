@@ -1,8 +1,9 @@
 // libFuzzer target for the tokenizers: arbitrary bytes into (0) byte-level BPE encode with added
 // tokens, (1) encode_ordinary, (2) the llama2.c tokenizer.bin parser followed by encode/decode,
 // (3) the tokenizer.json reader. Only fragile::Error may escape; anything else (a crash, a
-// sanitizer report, another exception, a failed round trip) is a finding.
-//   build/fuzz/tests/fuzz/fuzz_tokenizer -max_total_time=60
+// sanitizer report, another exception, a failed round trip) is a finding. Seeds, one or more per
+// mode ('0'..'3' as the first byte): tests/fuzz/corpus/tokenizer/ (tools/make_fuzz_corpus.py).
+//   build/fuzz/tests/fuzz/fuzz_tokenizer -max_total_time=60 tests/fuzz/corpus/tokenizer
 #include <fragile/io/tokenizer/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>

@@ -5,7 +5,9 @@
 
 #include <fragile/io/hf_config.hpp>
 
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <string>
 
 using fragile::ConfigError;
@@ -322,4 +324,17 @@ TEST_CASE("hf_config: unreadable files and bad JSON", "[hf_config][bad]") {
   } catch (const ConfigError& e) {
     CHECK_THAT(e.what(), Catch::Contains("config.json") && Catch::Contains("not valid JSON"));
   }
+}
+
+TEST_CASE("hf_config: dimensions whose weights overflow the address space are a ConfigError",
+          "[hf_config]") {
+  auto heads = base_config();
+  heads["num_attention_heads"] = std::uint64_t{1} << 32;
+  heads["num_key_value_heads"] = std::uint64_t{1} << 32;
+  heads["head_dim"] = std::uint64_t{1} << 32;  // q_dim() = 2^64 wraps to 0
+  CHECK_THAT(error_of(heads), Catch::Contains("overflow the address space"));
+  auto vocab = base_config();
+  vocab["vocab_size"] = std::numeric_limits<std::uint64_t>::max();
+  CHECK_THAT(error_of(vocab), Catch::Contains("/models/x/config.json") &&
+                                  Catch::Contains("overflow the address space"));
 }

@@ -96,6 +96,38 @@ struct ModelConfig {
     require<ConfigError>(rope_theta > 0.0, "{}: rope_theta must be positive, got {}", source,
                          rope_theta);
   }
+
+  /// ConfigError naming `source` and the dimensions unless every f32 weight of the model is
+  /// addressable: q_dim(), kv_dim(), linear_shape() and the weight count wrap silently in
+  /// size_t, and a caller would size tensors and buffers from the wrapped values. Readers of
+  /// untrusted configs call it (llama2.c checks its array sizes against the file instead).
+  void require_addressable_weights(std::string_view source) const {
+    bool overflow = false;
+    auto mul = [&](std::size_t a, std::size_t b) {
+      std::size_t r = 0;
+      overflow |= __builtin_mul_overflow(a, b, &r);
+      return r;
+    };
+    auto add = [&](std::size_t a, std::size_t b) {
+      std::size_t r = 0;
+      overflow |= __builtin_add_overflow(a, b, &r);
+      return r;
+    };
+    const std::size_t q = mul(num_attention_heads, head_dim);
+    const std::size_t kv = mul(num_key_value_heads, head_dim);
+    const std::size_t block =
+        add(add(mul(2, hidden_size), mul(2, mul(q, hidden_size))),
+            add(mul(2, mul(kv, hidden_size)), mul(3, mul(intermediate_size, hidden_size))));
+    const std::size_t weights = add(add(mul(num_hidden_layers, block), hidden_size),
+                                    mul(tie_word_embeddings ? 1 : 2, mul(vocab_size, hidden_size)));
+    (void)mul(weights, sizeof(float));
+    require<ConfigError>(!overflow,
+                         "{}: the weights of this config overflow the address space (hidden_size "
+                         "{}, intermediate_size {}, num_hidden_layers {}, num_attention_heads {}, "
+                         "num_key_value_heads {}, head_dim {}, vocab_size {})",
+                         source, hidden_size, intermediate_size, num_hidden_layers,
+                         num_attention_heads, num_key_value_heads, head_dim, vocab_size);
+  }
 };
 
 /// The seven linear layers of a block, in HF order.
