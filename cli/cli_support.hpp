@@ -1,5 +1,5 @@
 // What every `fragile` subcommand shares: output folder checks that name the option (input
-// files: study::check_regular_file),
+// files: io::require_regular_file),
 // the thread count, TTY detection for progress, and a content hash for run fingerprints.
 #pragma once
 

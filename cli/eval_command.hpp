@@ -104,7 +104,7 @@ inline int run_eval(const EvalArgs& a) {
                          "fragile eval: give exactly one of --plan FILE or --checkpoint DIR");
   set_threads(a.study.threads);
   if (!a.study.out.empty()) prepare_out_dir(a.study.out, true);
-  if (!a.plan.empty()) study::check_regular_file(a.plan, "--plan");
+  if (!a.plan.empty()) io::require_regular_file(a.plan, "--plan");
   const study::Context ctx(a.study.context_options());
   std::vector<MatrixF> w;
   nlohmann::json what;

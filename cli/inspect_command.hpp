@@ -79,7 +79,7 @@ inline int run_inspect(InspectArgs a) {
     fmt::print("\nno evaluation text (pass --text); skipping text windows\n");
     return 0;
   }
-  study::check_regular_file(co.eval, "--text");
+  io::require_regular_file(co.eval, "--text");
   fs::path tok_path = a.tokenizer;
   if (tok_path.empty()) {
     const auto found = io::find_tokenizer(co.model, c);

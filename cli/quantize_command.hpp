@@ -46,7 +46,7 @@ struct QuantizeArgs {
 
 inline int run_quantize(const QuantizeArgs& a) {
   set_threads(a.study.threads);
-  study::check_regular_file(a.plan, "--plan");
+  io::require_regular_file(a.plan, "--plan");
   const auto wants = [&](const char* f) {
     return std::find(a.formats.begin(), a.formats.end(), f) != a.formats.end();
   };

@@ -27,7 +27,7 @@ struct ReportArgs {
 
 inline int run_report(const ReportArgs& a) {
   const auto path = a.out / "results.json";
-  study::check_regular_file(path, "--out");
+  io::require_regular_file(path, "--out");
   nlohmann::json results;
   try {
     results = nlohmann::json::parse(io::read_text_file(path));

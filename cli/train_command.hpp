@@ -77,8 +77,8 @@ inline model::ModelConfig train_config(const TrainArgs& a, std::size_t vocab,
 inline int run_train(const TrainArgs& a) {
   namespace fs = std::filesystem;
   set_threads(a.threads);
-  study::check_regular_file(a.text, "--text");
-  study::check_regular_file(a.eval, "--eval");
+  io::require_regular_file(a.text, "--text");
+  io::require_regular_file(a.eval, "--eval");
   prepare_out_dir(a.out, a.resume);
   const bool show = !a.quiet && stderr_is_tty();
   const std::string train_text = io::read_text_file(a.text);
@@ -89,7 +89,7 @@ inline int run_train(const TrainArgs& a) {
   const fs::path tok_path = a.out / "tokenizer.json";  // where a trained tokenizer goes
   std::unique_ptr<io::AnyTokenizer> tok;
   if (!a.tokenizer.empty()) {
-    study::check_regular_file(a.tokenizer, "--tokenizer");
+    io::require_regular_file(a.tokenizer, "--tokenizer");
     tok = std::make_unique<io::AnyTokenizer>(io::load_tokenizer(a.tokenizer));
     const auto* bpe = tok->get_if<io::ByteLevelBpeTokenizer>();
     require<ArgumentError>(bpe != nullptr,

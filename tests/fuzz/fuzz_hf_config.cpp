@@ -5,6 +5,8 @@
 // keep the promises of validate() and require_addressable_weights().
 // Seeds: tests/fuzz/corpus/hf_config/ (tools/make_fuzz_corpus.py).
 //   build/fuzz/tests/fuzz/fuzz_hf_config -max_total_time=60 tests/fuzz/corpus/hf_config
+#include "fuzz_support.hpp"
+
 #include <fragile/io/hf_config.hpp>
 #include <fragile/model/config.hpp>
 
@@ -16,9 +18,7 @@
 
 namespace {
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
+using fragile::fuzz::check;
 
 // Wrapping size_t products are not UB, so UBSan would not see them: count them instead, as a
 // caller sizing buffers from the config would have to.

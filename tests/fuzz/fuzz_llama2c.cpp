@@ -5,6 +5,8 @@
 // promise what the runtime relies on: the arrays tile the file after the header, in bounds, and
 // every weight reads back as f32. Seeds: tests/fuzz/corpus/llama2c/ (tools/make_fuzz_corpus.py).
 //   build/fuzz/tests/fuzz/fuzz_llama2c -max_total_time=60 tests/fuzz/corpus/llama2c
+#include "fuzz_support.hpp"
+
 #include <fragile/io/llama2c.hpp>
 
 #include <unistd.h>
@@ -17,35 +19,12 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-// One scratch file per fuzzing process (parallel workers have their own pids).
-const std::filesystem::path& scratch_path() {
-  static const std::filesystem::path path = [] {
-    auto p = std::filesystem::temp_directory_path() /
-             ("fragile-fuzz-llama2c-" + std::to_string(::getpid()) + ".bin");
-    static const std::string to_remove = p.string();
-    std::atexit([] { std::remove(to_remove.c_str()); });
-    return p;
-  }();
-  return path;
-}
-
-void write_file(const std::filesystem::path& path, const std::uint8_t* data, std::size_t size) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  check(f != nullptr);
-  check(size == 0 || std::fwrite(data, 1, size, f) == size);
-  check(std::fclose(f) == 0);
-}
-
-}  // namespace
+using fragile::fuzz::check;
+using fragile::fuzz::scratch_path;
+using fragile::fuzz::write_file;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const auto& path = scratch_path();
+  const auto& path = scratch_path("llama2c", ".bin");
   write_file(path, data, size);
   try {
     const auto ck = fragile::io::read_llama2c(path);

@@ -4,6 +4,8 @@
 // report is a finding, and so is a put that does not read back after reopening: a store that
 // opened must stay a store that opens. Seeds: tests/fuzz/corpus/result_store/.
 //   build/fuzz/tests/fuzz/fuzz_result_store -max_total_time=60 tests/fuzz/corpus/result_store
+#include "fuzz_support.hpp"
+
 #include <fragile/study/result_store.hpp>
 
 #include <nlohmann/json.hpp>
@@ -24,33 +26,14 @@ namespace {
 // The fingerprint the seeds of tests/fuzz/corpus/result_store/ are written under.
 constexpr const char* kFingerprint = "fuzz-fingerprint";
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-// One scratch file per fuzzing process (parallel workers have their own pids).
-const std::filesystem::path& scratch_path() {
-  static const std::filesystem::path path = [] {
-    auto p = std::filesystem::temp_directory_path() /
-             ("fragile-fuzz-result-store-" + std::to_string(::getpid()) + ".jsonl");
-    static const std::string to_remove = p.string();
-    std::atexit([] { std::remove(to_remove.c_str()); });
-    return p;
-  }();
-  return path;
-}
-
-void write_file(const std::filesystem::path& path, const std::uint8_t* data, std::size_t size) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  check(f != nullptr);
-  check(size == 0 || std::fwrite(data, 1, size, f) == size);
-  check(std::fclose(f) == 0);
-}
-
 }  // namespace
 
+using fragile::fuzz::check;
+using fragile::fuzz::scratch_path;
+using fragile::fuzz::write_file;
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const auto& path = scratch_path();
+  const auto& path = scratch_path("result-store", ".jsonl");
   write_file(path, data, size);
   try {
     std::vector<std::string> keys;

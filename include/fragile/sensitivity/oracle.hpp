@@ -296,9 +296,8 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
   };
 
   // FP perplexity: from the store, or the reference (which every computed evaluation needs).
-  if (auto fp = opt.store ? opt.store->get(fp_key) : std::nullopt;
-      fp && std::isfinite(OracleEvaluation::from_stored(*fp, fp_key).ppl)) {
-    res.fp_ppl = OracleEvaluation::from_stored(*fp, fp_key).ppl;
+  if (auto fp = stored(fp_key)) {
+    res.fp_ppl = fp->ppl;
   } else {
     res.fp_ppl = reference().perplexity.perplexity;
     if (opt.store) opt.store->put(fp_key, OracleEvaluation{res.fp_ppl, 0.0, 1.0}.to_json());

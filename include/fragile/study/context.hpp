@@ -122,11 +122,6 @@ inline ContextOptions resolve(ContextOptions o) {
   return o;
 }
 
-/// A regular file (a FIFO would block in open(), a directory fail later); names the option.
-inline void check_regular_file(const std::filesystem::path& p, std::string_view option) {
-  io::require_regular_file(p, option);
-}
-
 class Context {
  public:
   explicit Context(const ContextOptions& options) : opt_(resolve(options)) {
@@ -134,11 +129,11 @@ class Context {
     std::error_code ec;
     require<IoError>(fs::exists(opt_.model, ec), "--model '{}': no such file or directory",
                      opt_.model.string());
-    if (!fs::is_directory(opt_.model)) check_regular_file(opt_.model, "--model");
+    if (!fs::is_directory(opt_.model)) io::require_regular_file(opt_.model, "--model");
     require<ArgumentError>(!opt_.calib.empty(), "--calib: no calibration text given");
     require<ArgumentError>(!opt_.eval.empty(), "--eval: no evaluation text given");
-    check_regular_file(opt_.calib, "--calib");
-    check_regular_file(opt_.eval, "--eval");
+    io::require_regular_file(opt_.calib, "--calib");
+    io::require_regular_file(opt_.eval, "--eval");
     require<ArgumentError>(*opt_.calib_windows > 0 && *opt_.calib_windows <= (1u << 20),
                            "--calib-windows {}: expected 1 to 1048576", *opt_.calib_windows);
     require<ArgumentError>(opt_.batch > 0 && opt_.batch <= 4096, "--batch {}: expected 1 to 4096",
@@ -163,7 +158,7 @@ class Context {
       require<IoError>(fs::exists(opt_.tokenizer, e2), "--tokenizer '{}': no such file",
                        opt_.tokenizer.string());
     }
-    if (!fs::is_directory(opt_.tokenizer)) check_regular_file(opt_.tokenizer, "--tokenizer");
+    if (!fs::is_directory(opt_.tokenizer)) io::require_regular_file(opt_.tokenizer, "--tokenizer");
     tok_ = std::make_unique<io::AnyTokenizer>(io::load_tokenizer(opt_.tokenizer));
     require<ConfigError>(tok_->vocab_size() <= cfg.vocab_size,
                          "--tokenizer '{}' has {} tokens, the model's embedding only {} (a "
