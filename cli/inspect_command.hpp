@@ -5,6 +5,7 @@
 
 #include "cli_support.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/load_model.hpp>
 #include <fragile/model/transformer.hpp>
 #include <fragile/sensitivity/pass.hpp>
@@ -54,7 +55,7 @@ inline int run_inspect(InspectArgs a) {
              c.sliding_window ? std::to_string(*c.sliding_window) : std::string("none"),
              dtype_name(c.torch_dtype));
 
-  const model::Transformer<> m(c, ckpt.weights);
+  const model::Transformer<cpu> m(c, ckpt.weights);
   const auto nsds = sensitivity::nsds_of(m);
   fmt::print("\n{:<40} {:>13} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6}\n", "linear layer", "shape",
              "params", "std", "absmax", "kurtosis", "spec.H", "NSDS");

@@ -4,6 +4,7 @@
 
 #include "study_args.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/study/fragility_map.hpp>
 #include <fragile/study/report.hpp>
 #include <fragile/study/results.hpp>
@@ -62,7 +63,7 @@ inline void add_map_options(CLI::App* c, MapArgs& a) {
 struct MapRun {
   std::unique_ptr<study::Context> ctx;
   std::optional<study::ResultStore> store;
-  std::optional<eval::Reference> reference;
+  std::optional<eval::Reference<cpu>> reference;
   study::MapResult map;
   study::ResultsDocument doc;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();

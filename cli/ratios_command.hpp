@@ -5,6 +5,7 @@
 
 #include "study_args.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/study/ratios.hpp>
 #include <fragile/study/report.hpp>
 #include <fragile/study/results.hpp>

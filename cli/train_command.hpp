@@ -8,6 +8,7 @@
 
 #include "cli_support.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/io/hf_writer.hpp>
 #include <fragile/io/text.hpp>

@@ -15,13 +15,20 @@ L = sum over windows of the window's mean next-token cross-entropy (labels = the
 one, T-1 predictions per window), so g for a token equals d(window mean CE)/dy, whatever B is.
 
 Architectures: llama (MHA, untied head), llama3 (GQA, llama3 rope scaling, rope_theta 5e5),
-qwen2 (q/k/v bias, tied embeddings, GQA, sharded), mistral (GQA, sliding window 6 < T = 16).
-Attention is the eager implementation; all non-matrix parameters (norm weights, biases) are
-randomised so that they are exercised.
+qwen2 (q/k/v bias, tied embeddings, GQA, sharded), mistral (GQA, sliding window 6 < T = 16),
+qwen2_swa (qwen2 with per-layer sliding-window attention: 3 blocks, untied head,
+use_sliding_window with sliding_window 5 < T = 16 and max_window_layers 1, so config.layer_types is
+full_attention for block 0 and sliding_attention for blocks 1 and 2; each query there sees itself
+and the 4 keys before it). Attention is the eager implementation; all non-matrix parameters (norm
+weights, biases) are randomised so that they are exercised. Each architecture has its own seed,
+fixed by its position in ARCHS (new ones are appended, so the others' outputs do not change).
 
-Usage: python3 tools/make_hf_fixtures.py   (repository root; needs torch, transformers,
-safetensors; the outputs are committed, so tests never need Python).
+Usage: python3 tools/make_hf_fixtures.py [ARCH ...]   (repository root; no ARCH = all of them;
+needs torch, transformers, safetensors; the outputs are committed, so tests never need Python).
+A directory that is rewritten is removed first, so run tools/make_train_fixtures.py after
+regenerating llama or qwen2.
 """
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -34,6 +41,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "hf"
 B, T = 2, 16
+ARCHS = ["llama", "llama3", "qwen2", "mistral", "qwen2_swa"]  # index = seed offset; append only
 
 COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               head_dim=16, vocab_size=192, max_position_embeddings=64, rms_norm_eps=1e-5,
@@ -60,11 +68,30 @@ def make(arch):
         cfg = MistralConfig(**COMMON, num_key_value_heads=2, rope_theta=10000.0,
                             sliding_window=6, tie_word_embeddings=False)
         return MistralForCausalLM(cfg)
+    if arch == "qwen2_swa":
+        cfg = Qwen2Config(**{**COMMON, "num_hidden_layers": 3}, num_key_value_heads=2,
+                          rope_theta=1000000.0, tie_word_embeddings=False,
+                          use_sliding_window=True, sliding_window=5, max_window_layers=1)
+        assert cfg.layer_types == ["full_attention", "sliding_attention", "sliding_attention"], \
+            cfg.layer_types
+        assert cfg.sliding_window == 5, cfg.sliding_window
+        return Qwen2ForCausalLM(cfg)
     raise ValueError(arch)
 
 
 def main():
-    for seed, arch in enumerate(["llama", "llama3", "qwen2", "mistral"]):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # choices= is not used: with nargs="*" and no argument, Python < 3.12 rejects the empty list.
+    parser.add_argument("archs", nargs="*", metavar="ARCH",
+                        help="architectures to write (default: all of " + ", ".join(ARCHS) + ")")
+    args = parser.parse_args()
+    unknown = [a for a in args.archs if a not in ARCHS]
+    if unknown:
+        parser.error("unknown architecture %s (choose from %s)" % (", ".join(unknown), ", ".join(ARCHS)))
+    wanted = set(args.archs or ARCHS)
+    for seed, arch in enumerate(ARCHS):
+        if arch not in wanted:
+            continue
         torch.manual_seed(1234 + seed)
         model = make(arch).float()
         model.config._attn_implementation = "eager"

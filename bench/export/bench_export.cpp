@@ -7,6 +7,7 @@
 // bytes_per_second is the packed codes' bytes (pack, memcpy) or the checkpoint's tensor bytes.
 #include "support/harness.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/export/fake_quant_checkpoint.hpp>
 #include <fragile/export/gptq_checkpoint.hpp>
 #include <fragile/export/quantize_plan.hpp>
@@ -92,7 +93,7 @@ void BM_write_fake_quant_qwen05(benchmark::State& state) {
   namespace fs = std::filesystem;
   const auto src = qwen05_source();
   const auto ckpt = io::load_model(src);
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   std::vector<quant::QuantizedWeight> weights;
   quant::QuantSpec s;
   s.bits = 4;

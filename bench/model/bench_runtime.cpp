@@ -10,6 +10,7 @@
 //   OMP_NUM_THREADS=2 build/<dir>/bench/bench_model --benchmark_filter=BM_forward_nll
 #include "support/harness.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/model/transformer.hpp>
 
 #include <benchmark/benchmark.h>
@@ -55,9 +56,9 @@ const model::Transformer<cpu>& qwen05() {
   return *model;
 }
 
-std::vector<model::Window> windows() {
+std::vector<model::TokenIds> windows() {
   Rng rng(5);
-  std::vector<model::Window> w(1, model::Window(kT));
+  std::vector<model::TokenIds> w(1, model::TokenIds(kT));
   for (auto& id : w[0]) id = static_cast<std::int32_t>(rng.below(151936));
   return w;
 }
@@ -83,10 +84,11 @@ BENCHMARK(BM_forward_nll)->Unit(benchmark::kMillisecond)->Iterations(3)->UseReal
 struct GradientSink {
   double total = 0.0;
   model::CaptureNeeds needs() const { return {.g = true}; }
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     const std::size_t n = c.rows() * c.layer->out_features;
+    const float* g = c.g.host().data();
     double s = 0.0;
-    for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(c.g[i]) * c.g[i];
+    for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(g[i]) * g[i];
     total += s;
   }
 };

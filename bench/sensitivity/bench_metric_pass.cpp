@@ -11,6 +11,7 @@
 //   OMP_NUM_THREADS=2 build/<dir>/bench/bench_sensitivity --benchmark_filter=stories
 #include "support/harness.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/io/load_model.hpp>
 #include <fragile/quant/rtn.hpp>
@@ -27,7 +28,7 @@ using namespace fragile;
 
 struct Setup {
   std::unique_ptr<model::Transformer<cpu>> model;
-  std::vector<model::Window> tokens;
+  std::vector<model::TokenIds> tokens;
   std::vector<data::Window> windows;
   sensitivity::CandidateSet candidates;
 };
@@ -36,7 +37,7 @@ void finish(Setup& s, std::size_t n, std::size_t T, std::uint64_t seed) {
   Rng rng(seed);
   const std::size_t V = s.model->config().vocab_size;
   for (std::size_t i = 0; i < n; ++i) {
-    model::Window w(T);
+    model::TokenIds w(T);
     for (auto& id : w) id = static_cast<std::int32_t>(rng.below(V));
     s.windows.push_back(data::Window{w, 0, i, 1, T});
     s.tokens.push_back(std::move(w));
@@ -130,7 +131,7 @@ void run_pass(benchmark::State& state, const Setup* s, sensitivity::StatNeeds ne
 struct GradientSink {
   double total = 0.0;
   model::CaptureNeeds needs() const { return {.g = true}; }
-  void observe(const model::LayerCapture& c) { total += c.g[0]; }
+  void observe(const model::LayerBatch& c) { total += c.g.host()[0]; }
 };
 
 void run_backward(benchmark::State& state, const Setup* s) {

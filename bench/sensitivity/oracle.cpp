@@ -17,6 +17,7 @@
 //     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include "support/harness.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/eval/perplexity.hpp>
 #include <fragile/io/llama2c.hpp>
@@ -163,7 +164,7 @@ void BM_reference_evaluation_kl(benchmark::State& state) { reference_evaluation(
 void restore_one_sweep(benchmark::State& state, bool kl) {
   const Setup& s = setup();
   state.SetLabel(s.source);
-  sensitivity::OracleOptions o;
+  sensitivity::OracleOptions<cpu> o;
   o.bits_label = "rtn3g32";
   o.batch_size = kBatch;
   o.divergence = kl;

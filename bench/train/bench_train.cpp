@@ -3,6 +3,7 @@
 // 2 KV heads, intermediate 352, vocab 1024, tied) on batches of 16 x 128 tokens. The peer is
 // tools/bench_train_peer.py (transformers LlamaForCausalLM + torch.optim.AdamW, same shapes).
 // items_per_second counts trained (predicted) tokens.
+#include <fragile/backend/cpu.hpp>
 #include <fragile/train/adamw.hpp>
 #include <fragile/train/init.hpp>
 #include <fragile/train/trainer.hpp>

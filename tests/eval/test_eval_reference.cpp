@@ -1,7 +1,8 @@
 // eval::make_reference + eval::divergence(model, windows, reference, overrides): one forward of
 // the modified model gives the same perplexity as eval::perplexity and the same KL / top-1 as
-// eval::divergence (which reruns the FP forward), under both protocols. The runtime computes in
-// f32 and repeats itself to about 1e-8 relative, hence the tolerances.
+// eval::divergence (which reruns the FP forward), under both protocols, bit for bit: all three
+// are the one streamed evaluation, and the runtime repeats itself exactly.
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
@@ -23,7 +24,8 @@ std::vector<data::TokenId> token_stream(std::size_t n, std::size_t vocab) {
 }
 
 /// Overrides that perturb every other linear layer by a fixed pattern.
-model::WeightOverrides perturbed(const model::Transformer<cpu>& m) {
+template <class B>
+model::WeightOverrides perturbed(const model::Transformer<B>& m) {
   auto ov = m.make_overrides();
   for (const auto& li : m.linears()) {
     if (li.index % 2) continue;
@@ -37,9 +39,9 @@ model::WeightOverrides perturbed(const model::Transformer<cpu>& m) {
 
 }  // namespace
 
-TEST_CASE("eval reference: one modified forward equals perplexity() and divergence()",
-          "[eval][divergence][reference]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("eval reference: one modified forward equals perplexity() and divergence()",
+          "[eval][divergence][reference]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto tokens = token_stream(200, m.config().vocab_size);
   const auto ov = perturbed(m);
 
@@ -48,35 +50,35 @@ TEST_CASE("eval reference: one modified forward equals perplexity() and divergen
     const auto ref = eval::make_reference(m, windows, {.protocol = eval::PerplexityProtocol::kGptq,
                                                        .batch_size = 3});
     CHECK(ref.tokens == 12 * 15);
-    CHECK(ref.hidden.size() == ref.tokens * m.config().hidden_size);
+    CHECK(ref.scored.hidden.size() == ref.tokens * m.config().hidden_size);
     const auto fp = eval::perplexity(m, windows, {.batch_size = 3});
-    CHECK(ref.perplexity.perplexity == Approx(fp.perplexity).epsilon(1e-7));
+    CHECK(ref.perplexity.perplexity == fp.perplexity);
     for (std::size_t w = 0; w < windows.size(); ++w)
-      CHECK(ref.perplexity.window_nll[w] == Approx(fp.window_nll[w]).epsilon(1e-7));
+      CHECK(ref.perplexity.window_nll[w] == fp.window_nll[w]);
 
     const auto r = eval::divergence(m, windows, ref, &ov, {.keep_token_kl = true});
     const auto pp = eval::perplexity(m, windows, {.batch_size = 3, .overrides = &ov});
     const auto dv = eval::divergence(m, windows, ov, {.batch_size = 3});
-    CHECK(r.perplexity.perplexity == Approx(pp.perplexity).epsilon(1e-7));
+    CHECK(r.perplexity.perplexity == pp.perplexity);
     CHECK(r.perplexity.tokens == pp.tokens);
     CHECK(std::abs(r.perplexity.perplexity / ref.perplexity.perplexity - 1.0) > 1e-3);  // it shows
-    CHECK(r.mean_kl == Approx(dv.mean_kl).epsilon(1e-5));
+    CHECK(r.mean_kl == dv.mean_kl);
     CHECK(r.mean_kl > 1e-4);
     CHECK(r.top1_agreement == dv.top1_agreement);
     REQUIRE(r.token_kl.size() == dv.token_kl.size());
     for (std::size_t i = 0; i < r.token_kl.size(); ++i)
-      CHECK(r.token_kl[i] == Approx(dv.token_kl[i]).epsilon(1e-4).margin(1e-7));
+      CHECK(r.token_kl[i] == dv.token_kl[i]);
 
     // The unmodified model against its own reference: KL 0, full agreement, FP perplexity.
     const auto same = eval::divergence(m, windows, ref, nullptr);
-    CHECK(same.mean_kl == Approx(0.0).margin(1e-7));
+    CHECK(same.mean_kl == 0.0);
     CHECK(same.top1_agreement == 1.0);
-    CHECK(same.perplexity.perplexity == Approx(ref.perplexity.perplexity).epsilon(1e-7));
+    CHECK(same.perplexity.perplexity == ref.perplexity.perplexity);
 
     // PPL only: no KL.
     const auto ppl_only = eval::divergence(m, windows, ref, &ov, {.divergence = false});
     CHECK(std::isnan(ppl_only.mean_kl));
-    CHECK(ppl_only.perplexity.perplexity == Approx(r.perplexity.perplexity).epsilon(1e-7));
+    CHECK(ppl_only.perplexity.perplexity == r.perplexity.perplexity);
   }
   SECTION("llama.cpp protocol") {
     const auto windows = data::llamacpp_eval_windows(tokens, 16, 1);
@@ -87,8 +89,8 @@ TEST_CASE("eval reference: one modified forward equals perplexity() and divergen
         m, windows, {.protocol = eval::PerplexityProtocol::kLlamaCpp, .batch_size = 2, .overrides = &ov});
     const auto dv = eval::divergence(m, windows, ov, {.batch_size = 2});
     CHECK(r.perplexity.tokens == pp.tokens);
-    CHECK(r.perplexity.perplexity == Approx(pp.perplexity).epsilon(1e-7));
-    CHECK(r.mean_kl == Approx(dv.mean_kl).epsilon(1e-5));
+    CHECK(r.perplexity.perplexity == pp.perplexity);
+    CHECK(r.mean_kl == dv.mean_kl);
     CHECK(r.top1_agreement == dv.top1_agreement);
   }
   SECTION("a reference of other windows is refused") {

@@ -1,5 +1,6 @@
 // eval::perplexity (GPTQ and llama.cpp protocols) and eval::divergence (KL, top-1 agreement)
 // against brute-force computations from full logits of tiny models.
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
@@ -33,8 +34,8 @@ std::vector<double> log_softmax(const float* row, std::size_t v) {
 
 }  // namespace
 
-TEST_CASE("eval perplexity: GPTQ and llama.cpp protocols", "[eval][perplexity]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("eval perplexity: GPTQ and llama.cpp protocols", "[eval][perplexity]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const std::size_t V = m.config().vocab_size;
   const auto tokens = stream(70, V);
 
@@ -42,7 +43,7 @@ TEST_CASE("eval perplexity: GPTQ and llama.cpp protocols", "[eval][perplexity]")
   REQUIRE(gw.size() == 8);
   double mean_of_means = 0.0;
   for (const auto& w : gw) {
-    const auto logits = m.logits(std::vector<model::Window>{w.tokens});
+    const auto logits = m.logits(std::vector<model::TokenIds>{w.tokens});
     double s = 0.0;
     for (std::size_t t = 1; t < 8; ++t) s -= log_softmax(&logits[(t - 1) * V], V)[w.tokens[t]];
     mean_of_means += s / 7.0;
@@ -59,7 +60,7 @@ TEST_CASE("eval perplexity: GPTQ and llama.cpp protocols", "[eval][perplexity]")
   double total = 0.0;
   std::size_t count = 0;
   for (const auto& w : lw) {
-    const auto logits = m.logits(std::vector<model::Window>{w.tokens});
+    const auto logits = m.logits(std::vector<model::TokenIds>{w.tokens});
     for (std::size_t t = 5; t < 8; ++t, ++count) total -= log_softmax(&logits[(t - 1) * V], V)[w.tokens[t]];
   }
   const auto r = eval::perplexity(m, lw, {.protocol = eval::PerplexityProtocol::kLlamaCpp, .batch_size = 4});
@@ -72,8 +73,8 @@ TEST_CASE("eval perplexity: GPTQ and llama.cpp protocols", "[eval][perplexity]")
   CHECK_THROWS_AS(eval::perplexity(m, broken), ArgumentError);
 }
 
-TEST_CASE("eval divergence: KL, top-1 agreement and NLL against full logits", "[eval][divergence]") {
-  auto m = test::tiny_model({.tie = true});
+TEMPLATE_TEST_CASE("eval divergence: KL, top-1 agreement and NLL against full logits", "[eval][divergence]", FRAGILE_TEST_BACKENDS) {
+  auto m = test::tiny_model<TestType>({.tie = true});
   m.options().head_chunk_rows = 3;  // chunks straddle windows
   const std::size_t V = m.config().vocab_size;
   const auto windows = data::gptq_eval_windows(stream(40, V), 10);
@@ -97,7 +98,7 @@ TEST_CASE("eval divergence: KL, top-1 agreement and NLL against full logits", "[
   std::size_t agree = 0, n = 0;
   std::vector<float> token_kl;
   for (const auto& w : windows) {
-    const std::vector<model::Window> one{w.tokens};
+    const std::vector<model::TokenIds> one{w.tokens};
     const auto lp = m.logits(one), lq = m.logits(one, &ov);
     for (std::size_t t = w.target_begin; t < w.target_end; ++t, ++n) {
       const auto a = log_softmax(&lp[(t - 1) * V], V), b = log_softmax(&lq[(t - 1) * V], V);

@@ -3,6 +3,7 @@
 // GPTQ and the llama.cpp protocols, to 1e-4 relative. Skipped when the shared data is absent.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/eval/perplexity.hpp>
 #include <fragile/io/llama2c.hpp>

@@ -6,7 +6,7 @@
 #include <fragile/eval/divergence.hpp>
 #include <fragile/eval/perplexity.hpp>
 #include <fragile/io/load_model.hpp>
-#include <fragile/model/layers/cross_entropy.hpp>
+#include <fragile/backend/cpu.hpp>
 
 #include <cmath>
 #include <limits>
@@ -21,18 +21,18 @@ TEST_CASE("logsumexp_rows: NaN and infinite rows are an error naming the row",
   logits[1] = 2.0f;
   std::vector<float> lse(3);
   std::vector<std::int32_t> arg(3);
-  model::layers::logsumexp_rows(cpu{}, lse.data(), arg.data(), logits.data(), 3, V);
+  backend::Ops<cpu>::logsumexp_rows(lse.data(), arg.data(), logits.data(), 3, V);
   CHECK(arg[0] == 1);
   CHECK(arg[1] == 0);
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     auto l = logits;
     l[2 * V + 3] = bad;
-    CHECK_THROWS_WITH(model::layers::logsumexp_rows(cpu{}, lse.data(), arg.data(),
+    CHECK_THROWS_WITH(backend::Ops<cpu>::logsumexp_rows(lse.data(), arg.data(),
                                                     l.data(), 3, V),
                       Catch::Contains("logits are not finite (row 2 of 3)"));
     l[2 * V + 3] = 0.5f;
     for (auto& x : l) x = std::numeric_limits<float>::quiet_NaN();  // all NaN: no maximum at all
-    CHECK_THROWS_AS(model::layers::logsumexp_rows(cpu{}, lse.data(), arg.data(),
+    CHECK_THROWS_AS(backend::Ops<cpu>::logsumexp_rows(lse.data(), arg.data(),
                                                   l.data(), 3, V),
                     NumericError);
   }
@@ -41,7 +41,7 @@ TEST_CASE("logsumexp_rows: NaN and infinite rows are an error naming the row",
 TEST_CASE("eval: a weight of 3e38 gives a NumericError from perplexity and divergence, not a "
           "crash", "[eval][nonfinite]") {
   const auto ckpt = io::load_model(test::source_dir().parent_path() / "examples/models/kjv-tiny");
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   std::vector<data::Window> windows(2);
   for (std::size_t w = 0; w < windows.size(); ++w) {
     for (std::size_t t = 0; t < 16; ++t)

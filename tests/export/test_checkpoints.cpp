@@ -3,6 +3,7 @@
 // fake-quant checkpoint loaded back, and the all-or-nothing output folder.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/export/fake_quant_checkpoint.hpp>
 #include <fragile/export/gptq_checkpoint.hpp>
 #include <fragile/export/quantize_plan.hpp>
@@ -148,7 +149,7 @@ TEST_CASE("gptq: shapes that do not pack and zero points v1 cannot store are nam
 TEST_CASE("checkpoints: GPTQ and fake-quant folders of a mixed plan on kjv-tiny", "[export]") {
   const auto src = test::source_dir().parent_path() / "examples/models/kjv-tiny";
   const auto ckpt = io::load_model(src);
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   std::vector<quant::QuantizedWeight> weights;
   for (const auto& li : m.linears()) {
     std::vector<float> w(li.parameters());
@@ -267,7 +268,7 @@ TEST_CASE("fake-quant checkpoint: a sharded bf16 source gives shards with an ind
   std::ofstream(root / "src/config.json") << cfg.dump(2);
   std::filesystem::copy_file(src / "tokenizer.json", root / "src/tokenizer.json");
   const auto sharded = io::load_model(root / "src");
-  const model::Transformer<> m(sharded.config, sharded.weights);
+  const model::Transformer<cpu> m(sharded.config, sharded.weights);
   std::vector<quant::QuantizedWeight> weights;
   for (const auto& li : m.linears()) {
     std::vector<float> v(li.parameters());

@@ -3,6 +3,7 @@
 // against sums of x^2 computed independently on the embedded model.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/export/gguf_writer.hpp>
 #include <fragile/export/importance_matrix.hpp>
 #include <fragile/export/llama_cpp_recipe.hpp>
@@ -234,7 +235,7 @@ TEST_CASE("llama.cpp: GGUF tensor names of the seven linear kinds", "[export][ll
 
   // The registry of a real model names its layers the same way.
   const auto ckpt = io::load_model(kjv_dir());
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   CHECK(exporting::gguf_tensor_name(m.linear("model.layers.2.self_attn.o_proj")) == "blk.2.attn_output.weight");
   CHECK(exporting::gguf_tensor_name(m.linear("model.layers.0.mlp.gate_proj")) == "blk.0.ffn_gate.weight");
 }
@@ -352,7 +353,7 @@ TEST_CASE("llama.cpp: recipe entries, fallback warnings and the average bits per
 
 TEST_CASE("llama.cpp: the tensor-type file, the arguments and the recipe folder", "[export][llama_cpp]") {
   const auto ckpt = io::load_model(kjv_dir());
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   std::vector<exporting::PlanLayer> plan;
   for (const auto& li : m.linears()) plan.push_back(plan_layer(li.name, 2 + static_cast<int>(li.index % 7)));
   const auto r = exporting::make_llama_cpp_recipe(m.linears(), plan);
@@ -423,7 +424,7 @@ TEST_CASE("llama.cpp: the tensor-type file, the arguments and the recipe folder"
 TEST_CASE("imatrix: sums of x^2 equal an independent computation on kjv-tiny, and its GGUF file",
           "[export][imatrix]") {
   const auto ckpt = io::load_model(kjv_dir());
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   const auto tok = io::load_tokenizer(kjv_dir() / "tokenizer.json");
   const auto ids = tok.encode(io::read_text_file(kjv_dir() / "calib.txt"));
   const std::size_t T = 32;
@@ -463,17 +464,18 @@ TEST_CASE("imatrix: sums of x^2 equal an independent computation on kjv-tiny, an
   struct KeepX {
     std::map<std::size_t, std::vector<double>> sums;
     model::CaptureNeeds needs() const { return {.x = true}; }
-    void observe(const model::LayerCapture& cap) {
+    void observe(const model::LayerBatch& cap) {
       auto& s = sums[cap.layer->index];
       s.resize(cap.layer->in_features, 0.0);
+      const float* xs = cap.x.host().data();
       for (std::size_t r = 0; r < cap.rows(); ++r)
         for (std::size_t j = 0; j < s.size(); ++j) {
-          const double x = cap.x[r * s.size() + j];
+          const double x = xs[r * s.size() + j];
           s[j] += x * x;
         }
     }
   } keep;
-  std::vector<model::Window> tokens;
+  std::vector<model::TokenIds> tokens;
   for (const auto& w : windows) tokens.push_back(w.tokens);
   m.capture(tokens, model::CaptureOptions{.batch_size = 1}, keep);
   for (const auto& l : im.layers) {
@@ -523,11 +525,11 @@ TEST_CASE("imatrix: a non-finite sum is an error naming the layer", "[export][im
   const auto li = linear(2, model::LinearKind::kUp, 3, 4);
   exporting::ImportanceAccumulator acc({li});
   const std::vector<float> x = {1.0f, 2.0f, 3.0f, 1e30f, 1e30f, 0.0f};  // 2 rows
-  model::LayerCapture cap;
+  model::LayerBatch cap;
   cap.layer = &li;
   cap.windows = 1;
   cap.seq_len = 2;
-  cap.x = x.data();
+  cap.x = backend::TensorView::of<cpu>(x.data(), x.size());
   acc.observe(cap);
   exporting::ImportanceMatrix im;
   im.windows = 1;

@@ -6,6 +6,7 @@
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/hf_config.hpp>
 #include <fragile/io/hf_writer.hpp>
 #include <fragile/io/load_model.hpp>
@@ -32,7 +33,7 @@ using fragile::io::write_hf_model;
 using fragile::model::ModelConfig;
 using fragile::model::NamedTensors;
 using fragile::model::Transformer;
-using fragile::model::Window;
+using fragile::model::TokenIds;
 using nlohmann::json;
 
 /// config.json keys whose value fragile cannot know (not in ModelConfig; they do not change
@@ -122,14 +123,14 @@ std::vector<std::uint32_t> bits(const std::vector<float>& v) {
 }
 
 /// A few windows of the fixtures' vocabulary: the golden ids plus two more lengths.
-std::vector<std::vector<Window>> token_windows(const fs::path& dir, std::size_t vocab) {
-  std::vector<std::vector<Window>> batches;
+std::vector<std::vector<TokenIds>> token_windows(const fs::path& dir, std::size_t vocab) {
+  std::vector<std::vector<TokenIds>> batches;
   const json golden = read_json(dir / "golden.json");
-  std::vector<Window> g;
-  for (const auto& row : golden.at("input_ids")) g.push_back(row.get<Window>());
+  std::vector<TokenIds> g;
+  for (const auto& row : golden.at("input_ids")) g.push_back(row.get<TokenIds>());
   batches.push_back(g);
   for (std::size_t len : {std::size_t{5}, std::size_t{23}}) {
-    std::vector<Window> b(3, Window(len));
+    std::vector<TokenIds> b(3, TokenIds(len));
     for (std::size_t w = 0; w < b.size(); ++w)
       for (std::size_t t = 0; t < len; ++t)
         b[w][t] = static_cast<std::int32_t>((w * 37 + t * 11 + len) % vocab);
@@ -273,7 +274,7 @@ TEST_CASE("hf_writer: interleaved RoPE (llama2.c) is permuted to rotate_half",
   const Transformer<fragile::cpu> exported(loaded.config, loaded.weights);
   // Without the permutation the rotate_half model is a different function.
   const Transformer<fragile::cpu> unpermuted(half, NamedTensors(weights));
-  std::vector<Window> windows(2, Window(19));
+  std::vector<TokenIds> windows(2, TokenIds(19));
   for (std::size_t w = 0; w < windows.size(); ++w)
     for (std::size_t t = 0; t < windows[w].size(); ++t)
       windows[w][t] = static_cast<std::int32_t>((w * 13 + t * 7 + 3) % config.vocab_size);

@@ -3,6 +3,7 @@
 // directional derivative of L = sum_n (window n mean cross-entropy) along a random direction D
 // of W_l, by central differences through weight overrides, equals <dL/dW_l, D> from the backward
 // (which is sum_t g_l,t x_l,t^T, so this checks g_l in every direction the weights reach).
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
@@ -18,12 +19,15 @@ using namespace fragile;
 struct GradRecorder {
   std::map<std::size_t, std::vector<float>> dw;
   model::CaptureNeeds needs() const { return {.weight_grad = true}; }
-  void observe(const model::LayerCapture& c) {
-    dw[c.layer->index].assign(c.weight_grad, c.weight_grad + c.layer->parameters());
+  void observe(const model::LayerBatch& c) {
+    const auto h = c.weight_grad.host();
+    REQUIRE(h.size() == c.layer->parameters());
+    dw[c.layer->index].assign(h.begin(), h.end());
   }
 };
 
-double total_loss(const model::Transformer<cpu>& m, const std::vector<model::Window>& w,
+template <class B>
+double total_loss(const model::Transformer<B>& m, const std::vector<model::TokenIds>& w,
                   const model::WeightOverrides* ov) {
   const auto nll = m.token_nll(w, ov);
   const std::size_t per = w[0].size() - 1;
@@ -36,8 +40,9 @@ double total_loss(const model::Transformer<cpu>& m, const std::vector<model::Win
   return loss;
 }
 
+template <class B>
 void check_model(const test::TinySpec& spec) {
-  const auto m = test::tiny_model(spec);
+  const auto m = test::tiny_model<B>(spec);
   const auto windows = test::random_windows(2, 12, m.config().vocab_size);
   GradRecorder rec;
   model::CaptureOptions opt;
@@ -75,20 +80,20 @@ void check_model(const test::TinySpec& spec) {
 
 }  // namespace
 
-TEST_CASE("runtime: backward agrees with central finite differences", "[model][runtime][gradcheck]") {
-  SECTION("llama, rotate_half, GQA") { check_model({}); }
+TEMPLATE_TEST_CASE("runtime: backward agrees with central finite differences", "[model][runtime][gradcheck]", FRAGILE_TEST_BACKENDS) {
+  SECTION("llama, rotate_half, GQA") { check_model<TestType>({}); }
   SECTION("qwen2-like: q/k/v bias, tied head, single kv head") {
-    check_model({.attention_bias = true, .tie = true, .kv_heads = 1});
+    check_model<TestType>({.attention_bias = true, .tie = true, .kv_heads = 1});
   }
   SECTION("mistral-like: sliding window 5, interleaved RoPE, MHA") {
-    check_model({.architecture = model::Architecture::kMistral,
+    check_model<TestType>({.architecture = model::Architecture::kMistral,
                  .rope_style = model::RopeStyle::kInterleaved, .sliding_window = 5, .kv_heads = 4});
   }
 }
 
-TEST_CASE("runtime: the finite-difference check detects a wrong gradient", "[model][runtime][gradcheck]") {
+TEMPLATE_TEST_CASE("runtime: the finite-difference check detects a wrong gradient", "[model][runtime][gradcheck]", FRAGILE_TEST_BACKENDS) {
   // Guard against a vacuous tolerance: a gradient scaled by 1.1 must fail the same criterion.
-  const auto m = test::tiny_model({});
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = test::random_windows(2, 12, m.config().vocab_size);
   GradRecorder rec;
   model::CaptureOptions opt;

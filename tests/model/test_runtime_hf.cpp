@@ -1,9 +1,13 @@
-// Transformer<cpu> against golden dumps of Hugging Face transformers (tools/make_hf_fixtures.py):
-// logits, per-window losses, every linear layer's input x, output gradient g = dL/dy and weight
-// gradient dL/dW, for Llama, Llama 3 (rope scaling), Qwen2 (bias, tied, sharded) and Mistral
-// (sliding window). Loaded through io::open_safetensors + io::read_hf_config, as users do.
+// Transformer<B>, on every backend, against golden dumps of Hugging Face transformers
+// (tools/make_hf_fixtures.py): logits, per-window losses, every linear layer's input x, output
+// gradient g = dL/dy and weight gradient dL/dW, for Llama, Llama 3 (rope scaling), Qwen2 (bias,
+// tied, sharded), Mistral (sliding window) and Qwen2 with per-layer sliding windows (full
+// attention in block 0, a 5-key window from block 1 on: max_window_layers). Loaded through
+// io::open_safetensors + io::read_hf_config, as users do.
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/hf_config.hpp>
 #include <fragile/io/safetensors.hpp>
 #include <fragile/model/transformer.hpp>
@@ -19,7 +23,7 @@
 namespace {
 
 using fragile::model::Transformer;
-using fragile::model::Window;
+using fragile::model::TokenIds;
 
 /// ||a - b|| / ||b|| (Frobenius).
 double rel_error(const float* a, const float* b, std::size_t n) {
@@ -36,16 +40,20 @@ struct Recorder {
   fragile::model::CaptureNeeds want;
   std::map<std::string, std::vector<float>> x, g, dw;
   fragile::model::CaptureNeeds needs() const { return want; }
-  void observe(const fragile::model::LayerCapture& c) {
+  void observe(const fragile::model::LayerBatch& c) {
     const auto& li = *c.layer;
-    if (c.x) x[li.name].assign(c.x, c.x + c.rows() * li.in_features);
-    if (c.g) g[li.name].assign(c.g, c.g + c.rows() * li.out_features);
-    if (c.weight_grad) dw[li.name].assign(c.weight_grad, c.weight_grad + li.parameters());
+    auto keep = [](std::vector<float>& dst, const fragile::backend::TensorView& v) {
+      const auto h = v.host();
+      dst.assign(h.begin(), h.end());
+    };
+    if (c.x) keep(x[li.name], c.x);
+    if (c.g) keep(g[li.name], c.g);
+    if (c.weight_grad) keep(dw[li.name], c.weight_grad);
   }
 };
 
 struct Golden {
-  std::vector<Window> windows;
+  std::vector<TokenIds> windows;
   std::vector<double> window_loss;
   double loss = 0.0;
 };
@@ -55,7 +63,7 @@ Golden read_golden(const std::filesystem::path& dir) {
   REQUIRE(in);
   const auto j = nlohmann::json::parse(in);
   Golden g;
-  for (const auto& row : j.at("input_ids")) g.windows.push_back(row.get<Window>());
+  for (const auto& row : j.at("input_ids")) g.windows.push_back(row.get<TokenIds>());
   g.window_loss = j.at("window_loss").get<std::vector<double>>();
   g.loss = j.at("loss").get<double>();
   return g;
@@ -63,16 +71,28 @@ Golden read_golden(const std::filesystem::path& dir) {
 
 }  // namespace
 
-TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[model][runtime]") {
-  const std::string arch = GENERATE(as<std::string>{}, "llama", "llama3", "qwen2", "mistral");
+TEMPLATE_TEST_CASE("runtime: forward and backward match Hugging Face transformers",
+                   "[model][runtime]", FRAGILE_TEST_BACKENDS) {
+  using fragile::test::tolerance;
+  using B_ = TestType;
+  const std::string arch =
+      GENERATE(as<std::string>{}, "llama", "llama3", "qwen2", "mistral", "qwen2_swa");
   INFO("architecture " << arch);
   const auto dir = fragile::test::source_dir() / "fixtures" / "hf" / arch;
   const auto config = fragile::io::read_hf_config(dir / "config.json");
   const auto store = fragile::io::open_safetensors(dir);
   const auto golden_t = fragile::io::open_safetensors(dir / "golden.safetensors");
   const Golden golden = read_golden(dir);
-  const Transformer<fragile::cpu> model(config, store);
+  const Transformer<B_> model(config, store);
   const std::size_t B = golden.windows.size(), T = golden.windows[0].size();
+
+  SECTION("the config's attention window of every block") {
+    if (arch == "qwen2_swa") {
+      CHECK_FALSE(config.attention_window(0).has_value());
+      CHECK(config.attention_window(1) == std::optional<std::size_t>(5));
+      CHECK(config.attention_window(2) == std::optional<std::size_t>(5));
+    }
+  }
 
   SECTION("registry") {
     REQUIRE(model.linears().size() == 7 * config.num_hidden_layers);
@@ -86,7 +106,7 @@ TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[mod
     const auto logits = model.logits(golden.windows);
     const auto ref = golden_t.load_f32("logits");
     REQUIRE(logits.size() == ref.size());
-    CHECK(rel_error(logits.data(), ref.data(), ref.size()) < 1e-4);
+    CHECK(rel_error(logits.data(), ref.data(), ref.size()) < tolerance<B_>(1e-4));
 
     const auto nll = model.token_nll(golden.windows);
     REQUIRE(nll.size() == B * (T - 1));
@@ -94,7 +114,7 @@ TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[mod
       double mean = 0.0;
       for (std::size_t t = 0; t + 1 < T; ++t) mean += nll[b * (T - 1) + t];
       mean /= static_cast<double>(T - 1);
-      CHECK(std::abs(mean - golden.window_loss[b]) / golden.window_loss[b] < 1e-5);
+      CHECK(std::abs(mean - golden.window_loss[b]) / golden.window_loss[b] < tolerance<B_>(1e-5));
     }
   }
 
@@ -106,7 +126,7 @@ TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[mod
     const auto summary = model.capture(golden.windows, opt, rec);
     CHECK(summary.windows == B);
     CHECK(summary.scored_tokens == B * (T - 1));
-    CHECK(std::abs(summary.mean_window_loss * B - golden.loss) / golden.loss < 1e-5);
+    CHECK(std::abs(summary.mean_window_loss * B - golden.loss) / golden.loss < tolerance<B_>(1e-5));
     REQUIRE(rec.x.size() == model.linears().size());
     REQUIRE(rec.g.size() == model.linears().size());
     for (const auto& li : model.linears()) {
@@ -117,9 +137,9 @@ TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[mod
       REQUIRE(rec.x[li.name].size() == xr.size());
       REQUIRE(rec.g[li.name].size() == gr.size());
       REQUIRE(rec.dw[li.name].size() == dwr.size());
-      CHECK(rel_error(rec.x[li.name].data(), xr.data(), xr.size()) < 1e-3);
-      CHECK(rel_error(rec.g[li.name].data(), gr.data(), gr.size()) < 1e-3);
-      CHECK(rel_error(rec.dw[li.name].data(), dwr.data(), dwr.size()) < 1e-3);
+      CHECK(rel_error(rec.x[li.name].data(), xr.data(), xr.size()) < tolerance<B_>(1e-3));
+      CHECK(rel_error(rec.g[li.name].data(), gr.data(), gr.size()) < tolerance<B_>(1e-3));
+      CHECK(rel_error(rec.dw[li.name].data(), dwr.data(), dwr.size()) < tolerance<B_>(1e-3));
     }
   }
 
@@ -136,7 +156,7 @@ TEST_CASE("runtime: forward and backward match Hugging Face transformers", "[mod
       const auto& a = one.g[li.name];
       const auto& b = all.g[li.name];
       REQUIRE(a.size() * B == b.size());
-      CHECK(rel_error(a.data(), b.data() + (B - 1) * a.size(), a.size()) < 1e-5);
+      CHECK(rel_error(a.data(), b.data() + (B - 1) * a.size(), a.size()) < tolerance<B_>(1e-5));
     }
   }
 }

@@ -6,6 +6,7 @@
 // the first steps of its recipe on the KJV text reproduces the committed log's losses.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/eval/perplexity.hpp>
 #include <fragile/io/load_model.hpp>

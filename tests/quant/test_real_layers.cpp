@@ -30,10 +30,11 @@ struct XCollector {
   std::map<std::size_t, std::vector<float>> x;
   std::map<std::size_t, std::size_t> in;
   [[nodiscard]] fm::CaptureNeeds needs() const { return {.x = true}; }
-  void observe(const fm::LayerCapture& c) {
+  void observe(const fm::LayerBatch& c) {
     auto& buf = x[c.layer->index];
     in[c.layer->index] = c.layer->in_features;
-    buf.insert(buf.end(), c.x, c.x + c.rows() * c.layer->in_features);
+    const auto xs = c.x.host();
+    buf.insert(buf.end(), xs.begin(), xs.end());
   }
 };
 

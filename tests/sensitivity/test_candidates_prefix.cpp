@@ -3,6 +3,7 @@
 // equal those of an FP-input pass over a model whose block-0 weights ARE the quantized ones.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/load_model.hpp>
 #include <fragile/io/text.hpp>
 #include <fragile/io/tokenizer/tokenizer.hpp>
@@ -16,7 +17,7 @@ TEST_CASE("candidates: quantized-prefix inputs are the sequential GPTQ protocol"
           "[sensitivity][candidates]") {
   const auto dir = test::source_dir().parent_path() / "examples/models/kjv-tiny";
   const auto ckpt = io::load_model(dir);
-  model::Transformer<> m(ckpt.config, ckpt.weights);
+  model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   const auto tok = io::load_tokenizer(dir / "tokenizer.json");
   const auto ids = tok.encode(io::read_text_file(dir / "calib.txt"));
   const auto calib = data::sample_calibration_windows(ids, 8, 64, 0);
@@ -35,7 +36,7 @@ TEST_CASE("candidates: quantized-prefix inputs are the sequential GPTQ protocol"
       const MatrixF q = fp.at(li.index, 0).dequantize();
       tensors[li.name + ".weight"].assign(q.data(), q.data() + q.size());
     }
-  const model::Transformer<> m0(ckpt.config, tensors);
+  const model::Transformer<cpu> m0(ckpt.config, tensors);
   const auto after0 = sensitivity::quantize_candidates(m0, quant::Gptq{}, opt, calib, fp_inputs);
 
   std::size_t differs_from_fp = 0;

@@ -1,6 +1,7 @@
 // Sensitivity metrics: closed forms on a quadratic loss, a naive per-token recomputation on the
 // runtime's own captures, invariance to batching and chunking, the GPTQ candidate path, and the
 // second-order link between D_l (model-sampled labels) and the KL divergence it predicts.
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
@@ -16,7 +17,7 @@ using namespace fragile::sensitivity;
 
 namespace {
 
-std::vector<data::Window> as_data_windows(const std::vector<model::Window>& w) {
+std::vector<data::Window> as_data_windows(const std::vector<model::TokenIds>& w) {
   std::vector<data::Window> out;
   for (std::size_t i = 0; i < w.size(); ++i)
     out.push_back(data::Window{w[i], 0, i, 1, w[i].size()});
@@ -74,17 +75,17 @@ TEST_CASE("metrics: closed forms when the loss is quadratic in the layer output"
   const MatrixF fsq = random_matrix(out, in, 5).cwiseAbs();  // sum over windows of (dL_n/dW)^2
 
   auto run = [&](std::size_t chunk_floats, bool split_batches) {
-    MetricAccumulator acc(linears, {w.data()}, cands, kAllStats, chunk_floats);
+    MetricAccumulator<cpu> acc(linears, {w.data()}, cands, kAllStats, chunk_floats);
     auto deliver = [&](std::size_t first, std::size_t count, const MatrixF& f) {
-      model::LayerCapture c;
+      model::LayerBatch c;
       c.layer = &linears[0];
       c.first_window = first;
       c.windows = count;
       c.seq_len = T;
       c.scored_positions = S;
-      c.x = x.data() + first * T * in;
-      c.g = g.data() + first * T * out;
-      c.weight_grad_sq = f.data();
+      c.x = backend::TensorView::of<cpu>(x.data() + first * T * in, count * T * in);
+      c.g = backend::TensorView::of<cpu>(g.data() + first * T * out, count * T * out);
+      c.weight_grad_sq = backend::TensorView::of<cpu>(f.data(), f.size());
       acc.observe(c);
     };
     if (split_batches) {
@@ -140,9 +141,9 @@ TEST_CASE("metrics: closed forms when the loss is quadratic in the layer output"
   }
 }
 
-TEST_CASE("metrics: metric_pass equals a naive per-token recomputation on the runtime's captures",
-          "[sensitivity][metrics]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("metrics: metric_pass equals a naive per-token recomputation on the runtime's captures",
+          "[sensitivity][metrics]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto tokens = test::random_windows(3, 9, m.config().vocab_size, 11);
   const auto windows = as_data_windows(tokens);
   const std::vector<int> bits{2, 3, 4, 8};
@@ -158,7 +159,7 @@ TEST_CASE("metrics: metric_pass equals a naive per-token recomputation on the ru
     po.seed = 17;
     po.batch_size = 2;
     po.progress = nullptr;
-    const auto r = metric_pass(m, windows, cands, po);
+    const MetricPassResult r = metric_pass(m, windows, cands, po);
     REQUIRE(r.num_layers() == m.linears().size());
 
     // Naive: collect x and g of every layer (same labels, same seed), then loop per token.
@@ -166,11 +167,12 @@ TEST_CASE("metrics: metric_pass equals a naive per-token recomputation on the ru
       std::vector<std::vector<float>> x, g;
       std::vector<std::size_t> S, T;
       model::CaptureNeeds needs() const { return {.x = true, .g = true}; }
-      void observe(const model::LayerCapture& c) {
+      void observe(const model::LayerBatch& c) {
         const auto i = c.layer->index;
         if (x.size() <= i) { x.resize(i + 1); g.resize(i + 1); }
-        x[i].insert(x[i].end(), c.x, c.x + c.rows() * c.layer->in_features);
-        g[i].insert(g[i].end(), c.g, c.g + c.rows() * c.layer->out_features);
+        const auto xs = c.x.host(), gs = c.g.host();
+        x[i].insert(x[i].end(), xs.begin(), xs.end());
+        g[i].insert(g[i].end(), gs.begin(), gs.end());
         S.push_back(c.scored_positions);
         T.push_back(c.seq_len);
       }
@@ -225,9 +227,9 @@ TEST_CASE("metrics: metric_pass equals a naive per-token recomputation on the ru
   }
 }
 
-TEST_CASE("metrics: results do not depend on batch size; only requested sums are collected",
-          "[sensitivity][metrics]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("metrics: results do not depend on batch size; only requested sums are collected",
+          "[sensitivity][metrics]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = as_data_windows(test::random_windows(4, 8, m.config().vocab_size, 5));
   const std::vector<int> bits{3};
   const auto cands = quantize_candidates(m, quant::Rtn{}, bit_options(bits), {}, {.progress = nullptr});
@@ -235,19 +237,20 @@ TEST_CASE("metrics: results do not depend on batch size; only requested sums are
                       .progress = nullptr};
   MetricPassOptions b = a;
   b.batch_size = 4;
-  const auto ra = metric_pass(m, windows, cands, a), rb = metric_pass(m, windows, cands, b);
+  const MetricPassResult ra = metric_pass(m, windows, cands, a), rb = metric_pass(m, windows, cands, b);
   for (std::size_t l = 0; l < ra.num_layers(); ++l) {
     CHECK(rel(ra.scores<Visibility>(0)[l], rb.scores<Visibility>(0)[l]) < 1e-4);
     CHECK(rel(ra.scores<FisherTrace>(0)[l], rb.scores<FisherTrace>(0)[l]) < 1e-4);
   }
-  // Same seed, same answer.
-  const auto ra2 = metric_pass(m, windows, cands, a);
-  for (std::size_t l = 0; l < ra.num_layers(); ++l)
-    CHECK(rel(ra2.scores<Visibility>(0)[l], ra.scores<Visibility>(0)[l]) < 1e-6);
+  // Same seed, same answer, bit for bit.
+  const MetricPassResult ra2 = metric_pass(m, windows, cands, a);
+  CHECK(ra2.scores<Visibility>(0) == ra.scores<Visibility>(0));
+  CHECK(ra2.scores<FisherTrace>(0) == ra.scores<FisherTrace>(0));
+  CHECK(ra2.to_json() == ra.to_json());
 
   MetricPassOptions mse = a;
   mse.needs = needs_of<WeightMse>();
-  const auto rm = metric_pass(m, windows, cands, mse);  // data-free: no forward
+  const MetricPassResult rm = metric_pass(m, windows, cands, mse);  // data-free: no forward
   CHECK(rm.scores<WeightMse>(0) == ra.scores<WeightMse>(0));
   CHECK_THROWS_AS(rm.scores<Visibility>(0), ConfigError);
   CHECK_THROWS_AS(rm.scores<WeightMse>(1), ArgumentError);
@@ -266,8 +269,8 @@ TEST_CASE("metrics: results do not depend on batch size; only requested sums are
   CHECK_THROWS_AS(metric_pass(m, windows, none, a), ArgumentError);  // no layer has candidates
 }
 
-TEST_CASE("metrics: GPTQ candidates come from the calibration pass's H", "[sensitivity][metrics]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("metrics: GPTQ candidates come from the calibration pass's H", "[sensitivity][metrics]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto tokens = test::random_windows(3, 8, m.config().vocab_size, 21);
   const auto windows = as_data_windows(tokens);
   const std::vector<int> bits{3};
@@ -278,10 +281,10 @@ TEST_CASE("metrics: GPTQ candidates come from the calibration pass's H", "[sensi
   struct Xs {
     std::vector<quant::HessianAccumulator> h;
     model::CaptureNeeds needs() const { return {.x = true}; }
-    void observe(const model::LayerCapture& c) {
+    void observe(const model::LayerBatch& c) {
       auto& a = h[c.layer->index];
       if (a.in_features() == 0) a = quant::HessianAccumulator(Eigen::Index(c.layer->in_features));
-      a.add(Eigen::Map<const MatrixF>(c.x, Eigen::Index(c.rows()), Eigen::Index(c.layer->in_features)));
+      a.add(Eigen::Map<const MatrixF>(c.x.host().data(), Eigen::Index(c.rows()), Eigen::Index(c.layer->in_features)));
     }
   } xs{std::vector<quant::HessianAccumulator>(m.linears().size())};
   m.capture(tokens, model::CaptureOptions{.batch_size = 3}, xs);
@@ -295,17 +298,17 @@ TEST_CASE("metrics: GPTQ candidates come from the calibration pass's H", "[sensi
   }
 }
 
-TEST_CASE("metrics: 2 KL(FP || perturbed) approaches 2 S^2 D_l with model-sampled labels",
-          "[sensitivity][metrics][kl]") {
+TEMPLATE_TEST_CASE("metrics: 2 KL(FP || perturbed) approaches 2 S^2 D_l with model-sampled labels",
+          "[sensitivity][metrics][kl]", FRAGILE_TEST_BACKENDS) {
   // For a layer whose output reaches the logits position by position (the last block's o_proj
   // and down_proj), E_y[(dl_t/dy . dy)^2] = Var_y[d log p_t(y)] = 2 KL_t + O(|dy|^3), and
   // g_t = (1/S) dl_t/dy_t, so S^2 D_l -> mean_t KL_t as the perturbation shrinks. Labels are
   // drawn once per position; a window repeated R times averages R draws.
-  const auto m = test::tiny_model({});
+  const auto m = test::tiny_model<TestType>({});
   const auto& cfg = m.config();
   const std::size_t T = 6, R = 600, V = cfg.vocab_size;
   const auto base = test::random_windows(2, T, V, 33);
-  std::vector<model::Window> rep;
+  std::vector<model::TokenIds> rep;
   for (std::size_t r = 0; r < R; ++r) rep.insert(rep.end(), base.begin(), base.end());
   const auto windows = as_data_windows(rep);
   const std::size_t last = cfg.num_hidden_layers - 1;
@@ -323,7 +326,8 @@ TEST_CASE("metrics: 2 KL(FP || perturbed) approaches 2 S^2 D_l with model-sample
       c.set(l, {Candidate{"p", 0.0, 0, pert}});
       MetricPassOptions po{.labels = model::LabelSource::kModelSample, .seed = 5, .batch_size = 64,
                            .needs = needs_of<Visibility>(), .progress = nullptr};
-      const double dl = metric_pass(m, windows, c, po).scores<Visibility>(0)[0];
+      const MetricPassResult pr = metric_pass(m, windows, c, po);
+      const double dl = pr.scores<Visibility>(0)[0];
       // Exact mean KL over all T positions of the two distinct windows.
       auto ov = m.make_overrides();
       ov.set(l, std::span<const float>(pert.data(), pert.size()), li.out_features, li.in_features);
@@ -350,13 +354,28 @@ TEST_CASE("metrics: 2 KL(FP || perturbed) approaches 2 S^2 D_l with model-sample
   }
 }
 
-TEST_CASE("metrics: NSDS scores cover every linear", "[sensitivity][metrics]") {
+TEST_CASE("metrics: NSDS of a model scores each linear's own weight in its own role",
+          "[sensitivity][metrics]") {
   const auto m = test::tiny_model({});
-  const auto s = nsds_of(m);
+  // Writers (v, o, down) weigh 0.5, detectors (q, k, gate, up) 1: each score must be the Soft-OR
+  // of the normalised statistics of that layer's weight under the role of its kind.
+  const NsdsOptions opt{.detector_weight = 1.0, .writer_weight = 0.5};
+  const auto s = nsds_of(m, opt);
   REQUIRE(s.size() == m.linears().size());
+  std::size_t writers = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    CHECK(s[i].name == m.linears()[i].name);
-    CHECK(s[i].score > 0.0);
-    CHECK(s[i].score < 1.0);
+    const auto& li = m.linears()[i];
+    INFO(li.name);
+    CHECK(s[i].name == li.name);
+    CHECK(s[i].numerical == excess_kurtosis(m.weight(i)));
+    const bool writer = li.kind == model::LinearKind::kV || li.kind == model::LinearKind::kO ||
+                        li.kind == model::LinearKind::kDown;
+    writers += writer ? 1 : 0;
+    const double role = writer ? opt.writer_weight : opt.detector_weight;
+    const double terms[] = {role * s[i].numerical_norm, role * s[i].structural_norm};
+    CHECK(s[i].score == soft_or(terms));
   }
+  CHECK(writers == 3 * m.config().num_hidden_layers);
+  // The statistics differ between layers, so the normalised ones do too.
+  CHECK(s[0].numerical_norm != s[1].numerical_norm);
 }

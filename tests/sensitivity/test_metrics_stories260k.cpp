@@ -5,6 +5,7 @@
 // Skipped when the shared data is absent.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/llama2c.hpp>
 #include <fragile/quant/rtn.hpp>
 #include <fragile/sensitivity/pass.hpp>

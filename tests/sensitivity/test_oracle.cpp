@@ -2,9 +2,11 @@
 // the overrides built by hand for each layer and evaluated with eval::perplexity and
 // eval::divergence. Also the evaluation count (layers + 1), resume from a result store (complete
 // and interrupted), progress lines, input errors, and stories260K when the data is present.
+#include "support/backends.hpp"
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/data/windows.hpp>
 #include <fragile/eval/divergence.hpp>
 #include <fragile/eval/perplexity.hpp>
@@ -16,6 +18,9 @@
 #include <fragile/study/result_store.hpp>
 
 #include <cmath>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <limits>
 #include <filesystem>
 #include <stdexcept>
@@ -56,17 +61,18 @@ struct Brute {
   double ppl, kl, top1;
 };
 
-Brute brute(const model::Transformer<cpu>& m, std::span<const data::Window> w,
+template <class B>
+Brute brute(const model::Transformer<B>& m, std::span<const data::Window> w,
             const model::WeightOverrides& ov) {
   const auto p = eval::perplexity(m, w, {.batch_size = 2, .overrides = &ov});
   const auto d = eval::divergence(m, w, ov, {.batch_size = 2});
   return {p.perplexity, d.mean_kl, d.top1_agreement};
 }
 
-// The runtime computes in f32 and repeats itself to about 1e-8 relative (Eigen's reductions peel
-// to heap alignment), so two evaluations of one model agree to that, not to the last bit.
-constexpr double kPplRel = 1e-7;
-constexpr double kKlRel = 1e-5;
+// The oracle and the brute force run the same streamed evaluation with the same batches, and the
+// runtime repeats itself bit for bit: they agree exactly.
+constexpr double kPplRel = 0.0;
+constexpr double kKlRel = 0.0;
 
 bool rel_close(double a, double b, double rel) {
   const bool ok = std::abs(a - b) <= rel * std::max(std::abs(a), std::abs(b));
@@ -74,8 +80,9 @@ bool rel_close(double a, double b, double rel) {
   return ok;
 }
 
-sensitivity::OracleOptions quiet(std::string label = "rtn2g8") {
-  sensitivity::OracleOptions o;
+template <class B>
+sensitivity::OracleOptions<B> quiet(std::string label = "rtn2g8") {
+  sensitivity::OracleOptions<B> o;
   o.bits_label = std::move(label);
   o.batch_size = 2;
   o.progress = nullptr;
@@ -101,14 +108,14 @@ void require_same(const sensitivity::OracleResult& a, const sensitivity::OracleR
 
 }  // namespace
 
-TEST_CASE("oracle: RestoreOne equals brute-force overrides", "[sensitivity][oracle]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: RestoreOne equals brute-force overrides", "[sensitivity][oracle]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 2, 8);
   const std::size_t L = m.linears().size();
   REQUIRE(L == 14);
 
-  const auto r = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet());
+  const auto r = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>());
   CHECK(r.evaluations == L + 1);
   CHECK(r.fp_evaluations == 1);
   CHECK(r.resumed == 0);
@@ -152,11 +159,11 @@ TEST_CASE("oracle: RestoreOne equals brute-force overrides", "[sensitivity][orac
   CHECK(j["evaluations"] == L + 1);
   CHECK(j["layers"].size() == L);
   CHECK(j["layers"][3]["name"] == "model.layers.0.self_attn.o_proj");
-  CHECK(j["layers"][3]["delta_ppl"].get<double>() == r.rows[3].delta_ppl);
+  CHECK(j["layers"][3]["delta_ppl"].template get<double>() == r.rows[3].delta_ppl);
 }
 
-TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][oracle]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][oracle]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 2, 8);
   const std::size_t L = m.linears().size();
@@ -167,7 +174,7 @@ TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][ora
     return q[l];
   };
 
-  const auto r = sensitivity::quantize_one(m, windows, get, quiet());
+  const auto r = sensitivity::quantize_one(m, windows, get, quiet<TestType>());
   CHECK(r.evaluations == L);  // the FP baseline is the reference forward (fp_evaluations)
   CHECK(r.fp_evaluations == 1);
   CHECK(r.base_ppl == r.fp_ppl);
@@ -189,7 +196,7 @@ TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][ora
 
   SECTION("a subset, in the order given") {
     asked.clear();
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.layers = {9, 2};
     const auto s = sensitivity::quantize_one(m, windows, get, o);
     CHECK(s.evaluations == 2);
@@ -202,12 +209,12 @@ TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][ora
     // RestoreOne on a subset still quantizes every layer for its base.
     const auto rs = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
     CHECK(rs.evaluations == 3);
-    const auto full = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet());
+    const auto full = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>());
     CHECK(rel_close(rs.base_ppl, full.base_ppl, kPplRel));
     CHECK(std::abs(rs.rows[0].delta_ppl - full.rows[9].delta_ppl) <= 2 * kPplRel * full.base_ppl);
   }
   SECTION("PPL only: no KL, same perplexities") {
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.divergence = false;
     const auto p = sensitivity::quantize_one(m, windows, get, o);
     CHECK(p.evaluations == L);
@@ -219,7 +226,7 @@ TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][ora
   }
   SECTION("a shared reference: no FP forward") {
     const auto ref = eval::make_reference(m, windows, {.batch_size = 2});
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.reference = &ref;
     const auto s = sensitivity::quantize_one(m, windows, get, o);
     CHECK(s.fp_evaluations == 0);
@@ -228,22 +235,32 @@ TEST_CASE("oracle: QuantizeOne equals brute-force overrides", "[sensitivity][ora
   }
 }
 
-TEST_CASE("oracle: deterministic", "[sensitivity][oracle]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: deterministic", "[sensitivity][oracle]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 3, 8);
-  const auto a = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet("rtn3g8"));
-  const auto b = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet("rtn3g8"));
-  require_same(a, b, kPplRel);
+  const auto a = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>("rtn3g8"));
+  const auto b = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>("rtn3g8"));
+  require_same(a, b, 0.0);  // bit for bit, run to run
+  // Another thread count changes the order of no sum: the results agree to float rounding.
+  const int threads = backend::cpu_threads();
+#if defined(_OPENMP)
+  omp_set_num_threads(threads == 1 ? 2 : 1);
+#endif
+  const auto c = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>("rtn3g8"));
+#if defined(_OPENMP)
+  omp_set_num_threads(threads);
+#endif
+  require_same(a, c, 1e-6);
 }
 
-TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 2, 8);
   const std::size_t L = m.linears().size();
   const auto dir = test::scratch_dir("oracle_resume");
-  const auto reference = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet());
+  const auto reference = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>());
 
   SECTION("a complete store: nothing recomputed, identical results") {
     const auto path = dir / "complete.jsonl";
@@ -251,7 +268,7 @@ TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") 
     sensitivity::OracleResult first;
     {
       study::ResultStore store(path, "tiny/rtn2g8");
-      auto o = quiet();
+      auto o = quiet<TestType>();
       o.store = &store;
       first = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
       CHECK(first.evaluations == L + 1);
@@ -260,7 +277,7 @@ TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") 
       CHECK(store.contains("oracle/fp/gptq"));
     }
     study::ResultStore again(path, "tiny/rtn2g8");
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.store = &again;
     const auto second = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
     CHECK(second.evaluations == 0);
@@ -280,7 +297,7 @@ TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") 
     constexpr std::size_t k = 5;  // layers finished before the interruption
     {
       study::ResultStore store(path, "tiny/rtn2g8");
-      auto o = quiet();
+      auto o = quiet<TestType>();
       o.store = &store;
       std::size_t ticks = 0;
       o.progress_interval = std::chrono::milliseconds(0);
@@ -292,7 +309,7 @@ TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") 
     }
     study::ResultStore store(path, "tiny/rtn2g8");
     CHECK(store.size() == 1 + 1 + k);  // fp, base, k layers
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.store = &store;
     const auto resumed = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
     CHECK(resumed.evaluations == L - k);
@@ -303,12 +320,12 @@ TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][study]") 
   }
 }
 
-TEST_CASE("oracle: progress lines with ETA and layer names", "[sensitivity][oracle]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: progress lines with ETA and layer names", "[sensitivity][oracle]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 2, 8);
   std::vector<std::string> lines;
-  auto o = quiet();
+  auto o = quiet<TestType>();
   o.progress = [&](const std::string& s) { lines.push_back(s); };
   o.progress_interval = std::chrono::milliseconds(0);
   sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
@@ -323,48 +340,48 @@ TEST_CASE("oracle: progress lines with ETA and layer names", "[sensitivity][orac
   CHECK(lines[14].find("[model.layers.1.mlp.down_proj]") != std::string::npos);
 }
 
-TEST_CASE("oracle: bad input is refused with a clear message", "[sensitivity][oracle]") {
-  const auto m = test::tiny_model({});
+TEMPLATE_TEST_CASE("oracle: bad input is refused with a clear message", "[sensitivity][oracle]", FRAGILE_TEST_BACKENDS) {
+  const auto m = test::tiny_model<TestType>({});
   const auto windows = tiny_windows(m.config().vocab_size);
   auto q = rtn_all(m, 2, 8);
   const std::span<const MatrixF> qs(q);
-  CHECK_THROWS_WITH(sensitivity::restore_one(m, std::span<const data::Window>{}, qs, quiet()),
+  CHECK_THROWS_WITH(sensitivity::restore_one(m, std::span<const data::Window>{}, qs, quiet<TestType>()),
                     Catch::Contains("no windows"));
   {
-    auto o = quiet();
+    auto o = quiet<TestType>();
     o.layers = {3, 14};
     CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, qs, o),
                       Catch::Contains("layer index 14 out of range") && Catch::Contains("14 linear"));
     o.layers = {3, 3};
     CHECK_THROWS_WITH(sensitivity::quantize_one(m, windows, qs, o), Catch::Contains("selected twice"));
   }
-  CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, qs.first(13), quiet()),
+  CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, qs.first(13), quiet<TestType>()),
                     Catch::Contains("13 quantized weights") && Catch::Contains("14 linear layers"));
   {
     auto bad = q;
     bad[5] = MatrixF::Zero(16, 24);  // up_proj is [24, 16]
-    CHECK_THROWS_AS(sensitivity::restore_one(m, windows, std::span<const MatrixF>(bad), quiet()),
+    CHECK_THROWS_AS(sensitivity::restore_one(m, windows, std::span<const MatrixF>(bad), quiet<TestType>()),
                     ShapeError);
-    CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, std::span<const MatrixF>(bad), quiet()),
+    CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, std::span<const MatrixF>(bad), quiet<TestType>()),
                       Catch::Contains("model.layers.0.mlp.up_proj") &&
                           Catch::Contains("is [16, 24]") && Catch::Contains("needs [24, 16]"));
     bad = q;
     bad[2](1, 1) = std::nanf("");
-    CHECK_THROWS_AS(sensitivity::quantize_one(m, windows, std::span<const MatrixF>(bad), quiet()),
+    CHECK_THROWS_AS(sensitivity::quantize_one(m, windows, std::span<const MatrixF>(bad), quiet<TestType>()),
                     NumericError);
   }
   {
     const auto path = test::scratch_dir("oracle_errors") / "store.jsonl";
     std::filesystem::remove(path);
     study::ResultStore store(path, "x");
-    auto o = quiet("");
+    auto o = quiet<TestType>("");
     o.store = &store;
     CHECK_THROWS_WITH(sensitivity::restore_one(m, windows, qs, o), Catch::Contains("bits_label"));
   }
   {
     auto w = windows;
     w[1].target_end = 40;
-    CHECK_THROWS_WITH(sensitivity::restore_one(m, w, qs, quiet()), Catch::Contains("window 1"));
+    CHECK_THROWS_WITH(sensitivity::restore_one(m, w, qs, quiet<TestType>()), Catch::Contains("window 1"));
   }
 }
 
@@ -386,7 +403,7 @@ TEST_CASE("oracle: stories260K RestoreOne at 3 bits", "[sensitivity][oracle][dat
   const auto q = rtn_all(m, 3, 32);
   const std::size_t L = m.linears().size();
   REQUIRE(L == 35);
-  auto o = quiet("rtn3g32");
+  auto o = quiet<cpu>("rtn3g32");
   const auto r = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), o);
   CHECK(r.evaluations == L + 1);
   CHECK(r.base_ppl > r.fp_ppl);  // quantizing everything costs perplexity

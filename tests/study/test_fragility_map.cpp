@@ -5,6 +5,7 @@
 // fingerprint.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/eval/perplexity.hpp>
 #include <fragile/io/tokenizer/bpe_trainer.hpp>
 #include <fragile/study/context.hpp>
@@ -44,7 +45,7 @@ study::MapOptions rtn2() {
   return m;
 }
 
-eval::Reference reference_of(const study::Context& ctx) {
+eval::Reference<cpu> reference_of(const study::Context& ctx) {
   return eval::make_reference(ctx.model(), ctx.evaluation(), {.batch_size = ctx.options().batch});
 }
 

@@ -2,6 +2,7 @@
 // names the layer or field.
 #include "support/test_data.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/export/plan.hpp>
 #include <fragile/io/load_model.hpp>
 
@@ -9,7 +10,7 @@ namespace {
 
 using namespace fragile;
 
-exporting::Plan plan_of(const model::Transformer<>& m) {
+exporting::Plan plan_of(const model::Transformer<cpu>& m) {
   exporting::Plan p;
   p.weights_xxh3 = "00000000deadbeef";
   p.metric = "D_l";
@@ -23,7 +24,7 @@ exporting::Plan plan_of(const model::Transformer<>& m) {
 
 TEST_CASE("plan: JSON round trip and checks against the model", "[study][plan]") {
   const auto ckpt = io::load_model(test::source_dir().parent_path() / "examples/models/kjv-tiny");
-  const model::Transformer<> m(ckpt.config, ckpt.weights);
+  const model::Transformer<cpu> m(ckpt.config, ckpt.weights);
   const auto p = plan_of(m);
   const auto dir = test::scratch_dir("plan");
   p.write(dir / "plan.json");

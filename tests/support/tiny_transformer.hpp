@@ -1,6 +1,7 @@
 // A tiny randomly initialised Llama-family model built in memory, for runtime and eval tests.
 #pragma once
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/core/rng.hpp>
 #include <fragile/model/config.hpp>
 #include <fragile/model/transformer.hpp>
@@ -79,16 +80,17 @@ inline model::NamedTensors tiny_weights(const model::ModelConfig& c, const TinyS
   return w;
 }
 
-inline model::Transformer<cpu> tiny_model(const TinySpec& s = {}) {
+template <class B = cpu>
+model::Transformer<B> tiny_model(const TinySpec& s = {}) {
   const auto c = tiny_config(s);
-  return model::Transformer<cpu>(c, tiny_weights(c, s));
+  return model::Transformer<B>(c, tiny_weights(c, s));
 }
 
 /// `n` windows of `len` ids drawn uniformly from the vocabulary.
-inline std::vector<model::Window> random_windows(std::size_t n, std::size_t len, std::size_t vocab,
+inline std::vector<model::TokenIds> random_windows(std::size_t n, std::size_t len, std::size_t vocab,
                                                  std::uint64_t seed = 7) {
   Rng rng(seed);
-  std::vector<model::Window> w(n, model::Window(len));
+  std::vector<model::TokenIds> w(n, model::TokenIds(len));
   for (auto& win : w)
     for (auto& id : win) id = static_cast<std::int32_t>(rng.below(vocab));
   return w;

@@ -6,6 +6,7 @@
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/io/hf_config.hpp>
 #include <fragile/io/safetensors.hpp>
 #include <fragile/model/transformer.hpp>
@@ -40,11 +41,11 @@ nlohmann::json read_json(const std::filesystem::path& p) {
   return nlohmann::json::parse(in);
 }
 
-std::vector<model::Window> golden_windows(const std::filesystem::path& dir) {
-  std::vector<model::Window> w;
+std::vector<model::TokenIds> golden_windows(const std::filesystem::path& dir) {
+  std::vector<model::TokenIds> w;
   const auto j = read_json(dir / "golden.json");
   for (const auto& row : j.at("input_ids"))
-    w.push_back(row.get<model::Window>());
+    w.push_back(row.get<model::TokenIds>());
   return w;
 }
 

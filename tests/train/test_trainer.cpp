@@ -4,6 +4,7 @@
 #include "support/test_data.hpp"
 #include "support/tiny_transformer.hpp"
 
+#include <fragile/backend/cpu.hpp>
 #include <fragile/train/trainer.hpp>
 
 #include <nlohmann/json.hpp>

@@ -1,6 +1,6 @@
-// Perplexity of a model (optionally with overridden linear layers) over token windows, streamed
-// batch by batch. The windows say which predictions are scored (data::Window targets); the
-// protocol says how scores aggregate (DESIGN.md):
+// Perplexity of a model (optionally with overridden linear layers) over token windows, from the
+// streamed evaluation (eval/window_scores.hpp). The windows say which predictions are scored
+// (data::Window targets); the protocol says how scores aggregate (DESIGN.md):
 //   kGptq      PPL = exp(mean over windows of the window's mean NLL)   (GPTQ's llama_eval:
 //              exp(sum(loss_i * seqlen) / (n * seqlen)))
 //   kLlamaCpp  PPL = exp(sum NLL / number of scored tokens)            (llama-perplexity)
@@ -9,6 +9,7 @@
 
 #include "fragile/core/error.hpp"
 #include "fragile/data/windows.hpp"
+#include "fragile/eval/window_scores.hpp"
 #include "fragile/model/transformer.hpp"
 
 #include <cmath>
@@ -17,8 +18,6 @@
 #include <vector>
 
 namespace fragile::eval {
-
-enum class PerplexityProtocol { kGptq, kLlamaCpp };
 
 struct PerplexityOptions {
   PerplexityProtocol protocol = PerplexityProtocol::kGptq;
@@ -34,57 +33,21 @@ struct PerplexityResult {
   std::vector<double> window_nll; ///< mean NLL of each window's scored predictions
 };
 
-namespace detail {
-/// Consecutive windows of one length, at most `batch` of them, starting at `first`.
-inline std::size_t batch_end(std::span<const data::Window> w, std::size_t first, std::size_t batch) {
-  std::size_t end = first + 1;
-  while (end < w.size() && end - first < batch && w[end].size() == w[first].size()) ++end;
-  return end;
-}
-
-inline std::vector<model::Window> tokens_of(std::span<const data::Window> w) {
-  std::vector<model::Window> out;
-  out.reserve(w.size());
-  for (const auto& x : w) out.push_back(x.tokens);
-  return out;
-}
-
-inline void check_targets(const data::Window& w, std::size_t index, const char* what) {
-  require<ArgumentError>(w.target_begin >= 1 && w.target_begin <= w.target_end &&
-                             w.target_end <= w.size(),
-                         "{}: window {} scores targets [{}, {}) of {} tokens (need 1 <= begin <= "
-                         "end <= size)", what, index, w.target_begin, w.target_end, w.size());
-}
-}  // namespace detail
-
-template <class B>
-PerplexityResult perplexity(const model::Transformer<B>& model, std::span<const data::Window> windows,
-                            const PerplexityOptions& opt = {}) {
-  require<ArgumentError>(!windows.empty(), "perplexity: no windows");
-  require<ArgumentError>(opt.batch_size > 0, "perplexity: batch_size must be positive");
+/// The perplexity of per-window NLL sums under `protocol`.
+inline PerplexityResult perplexity_of(const std::vector<double>& window_sum,
+                                      std::span<const data::Window> windows,
+                                      PerplexityProtocol protocol, const char* what) {
   PerplexityResult r;
+  r.windows = windows.size();
   double total = 0.0;
-  for (std::size_t first = 0; first < windows.size();) {
-    const std::size_t end = detail::batch_end(windows, first, opt.batch_size);
-    const auto batch = windows.subspan(first, end - first);
-    for (std::size_t i = 0; i < batch.size(); ++i) detail::check_targets(batch[i], first + i, "perplexity");
-    const auto ids = detail::tokens_of(batch);
-    const auto nll = model.token_nll(ids, opt.overrides);  // (B, T-1): nll[b, t-1] scores token t
-    const std::size_t T = batch[0].size();
-    for (std::size_t b = 0; b < batch.size(); ++b) {
-      double sum = 0.0;
-      for (std::size_t t = batch[b].target_begin; t < batch[b].target_end; ++t)
-        sum += nll[b * (T - 1) + t - 1];
-      const std::size_t n = batch[b].num_targets();
-      total += sum;
-      r.tokens += n;
-      r.window_nll.push_back(n ? sum / static_cast<double>(n) : 0.0);
-    }
-    r.windows += batch.size();
-    first = end;
+  for (std::size_t w = 0; w < windows.size(); ++w) {
+    const std::size_t n = windows[w].num_targets();
+    r.tokens += n;
+    total += window_sum[w];
+    r.window_nll.push_back(n ? window_sum[w] / static_cast<double>(n) : 0.0);
   }
-  require<ArgumentError>(r.tokens > 0, "perplexity: the windows score no predictions");
-  if (opt.protocol == PerplexityProtocol::kGptq) {
+  require<ArgumentError>(r.tokens > 0, "{}: the windows score no predictions", what);
+  if (protocol == PerplexityProtocol::kGptq) {
     double s = 0.0;
     for (double v : r.window_nll) s += v;
     r.mean_nll = s / static_cast<double>(r.windows);
@@ -93,6 +56,14 @@ PerplexityResult perplexity(const model::Transformer<B>& model, std::span<const 
   }
   r.perplexity = std::exp(r.mean_nll);
   return r;
+}
+
+template <class B>
+PerplexityResult perplexity(const model::Transformer<B>& model, std::span<const data::Window> windows,
+                            const PerplexityOptions& opt = {}) {
+  const auto s = score_windows(model, windows, opt.overrides, nullptr,
+                               {.batch_size = opt.batch_size, .what = "perplexity"});
+  return perplexity_of(s.window_nll_sum, windows, opt.protocol, "perplexity");
 }
 
 }  // namespace fragile::eval

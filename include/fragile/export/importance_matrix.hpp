@@ -55,13 +55,14 @@ class ImportanceAccumulator {
 
   [[nodiscard]] model::CaptureNeeds needs() const noexcept { return {.x = true}; }
 
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     require<ArgumentError>(c.layer && c.layer->index < layers_.size() && c.x,
                            "importance matrix: capture of an unknown layer or without x");
     auto& l = layers_[c.layer->index];
     const std::size_t in = l.linear.in_features;
+    const float* xs = c.x.host().data();
     for (std::size_t r = 0; r < c.rows(); ++r) {
-      const float* x = c.x + r * in;
+      const float* x = xs + r * in;
       for (std::size_t j = 0; j < in; ++j) l.sum_x2[j] += static_cast<double>(x[j]) * x[j];
     }
     l.rows += c.rows();
@@ -100,7 +101,7 @@ ImportanceMatrix collect_importance_matrix(const model::Transformer<B>& model,
                                            std::size_t batch_size) {
   require<ArgumentError>(!windows.empty(), "importance matrix: no calibration windows");
   require<ArgumentError>(batch_size > 0, "importance matrix: batch_size must be positive");
-  std::vector<model::Window> tokens;
+  std::vector<model::TokenIds> tokens;
   tokens.reserve(windows.size());
   for (const auto& w : windows) tokens.push_back(w.tokens);
   ImportanceAccumulator acc(model.linears());

@@ -2,7 +2,9 @@
 //
 // A consumer (quantizer, sensitivity metric) is an observer that declares what it needs
 // (CaptureNeeds: x only, x and g, H = x^T x, weight gradients, per-sequence squared weight
-// gradients) and receives a LayerCapture for each linear layer of each batch. The runtime runs
+// gradients) and receives a LayerBatch for each linear layer of each batch. The tensors of a
+// LayerBatch are views of the backend's memory that say where they live; an observer that works
+// on the host asks for host() (free on the CPU). The runtime runs
 // the backward pass only when some observer needs gradients, computes each quantity once per
 // batch however many observers want it, and frees it before the next layer, so a pass never
 // holds every layer's x and g at once.
@@ -14,7 +16,9 @@
 // paper 000).
 #pragma once
 
-#include "fragile/model/config.hpp"
+#include "fragile/backend/backend.hpp"
+#include "fragile/model/linear_registry.hpp"
+#include "fragile/model/lm_head.hpp"
 
 #include <concepts>
 #include <cstddef>
@@ -23,20 +27,6 @@
 #include <vector>
 
 namespace fragile::model {
-
-/// One linear layer of the model: registry entry.
-struct LinearInfo {
-  std::string name;          ///< HF module name, e.g. "model.layers.3.mlp.up_proj"
-  std::size_t index = 0;     ///< position in Transformer::linears() (block-major, HF kind order)
-  std::size_t block = 0;
-  LinearKind kind = LinearKind::kQ;
-  std::size_t in_features = 0;
-  std::size_t out_features = 0;
-  bool has_bias = false;
-
-  /// Weight parameters (bias excluded: it is never quantized).
-  [[nodiscard]] std::size_t parameters() const noexcept { return in_features * out_features; }
-};
 
 /// What a consumer needs from a capture pass. Combine with |.
 struct CaptureNeeds {
@@ -54,33 +44,27 @@ struct CaptureNeeds {
   }
 };
 
-/// Where the labels of the loss come from.
-enum class LabelSource {
-  kData,         ///< the next token of the window (T-1 scored positions)
-  kModelSample,  ///< drawn from the model's softmax at every position (T scored positions)
-};
-
-/// One linear layer's data for one batch. Pointers are valid only during the observe() call;
-/// a quantity that no observer declared is null.
-struct LayerCapture {
+/// One linear layer's data for one batch. The views are valid only during the observe() call;
+/// a quantity that no observer declared is a null view.
+struct LayerBatch {
   const LinearInfo* layer = nullptr;
   std::size_t batch_index = 0;   ///< which batch of the pass (0, 1, ...)
   std::size_t first_window = 0;  ///< index of this batch's first window among all windows
   std::size_t windows = 0;       ///< windows in this batch (B)
   std::size_t seq_len = 0;       ///< tokens per window (T); rows = B * T, row b*T + t
   std::size_t scored_positions = 0;  ///< positions t < this carry a loss term (T-1 or T)
-  const float* x = nullptr;               ///< (B*T, in)
-  const float* g = nullptr;               ///< (B*T, out)
-  const float* xtx = nullptr;             ///< (in, in)
-  const float* weight_grad = nullptr;     ///< (out, in)
-  const float* weight_grad_sq = nullptr;  ///< (out, in)
+  backend::TensorView x;               ///< (B*T, in)
+  backend::TensorView g;               ///< (B*T, out)
+  backend::TensorView xtx;             ///< (in, in)
+  backend::TensorView weight_grad;     ///< (out, in)
+  backend::TensorView weight_grad_sq;  ///< (out, in)
 
   [[nodiscard]] std::size_t rows() const noexcept { return windows * seq_len; }
 };
 
 /// A capture consumer: declares its needs, receives layer captures.
 template <class O>
-concept CaptureObserver = requires(O o, const O& co, const LayerCapture& c) {
+concept CaptureObserver = requires(O o, const O& co, const LayerBatch& c) {
   { co.needs() } -> std::convertible_to<CaptureNeeds>;
   o.observe(c);
 };
@@ -102,32 +86,34 @@ struct CaptureSummary {
   double mean_window_loss = 0.0;  ///< mean over windows of the window's mean cross-entropy
 };
 
-/// Observer that accumulates H_l = sum_t x_l,t x_l,t^T (in, in) in double for chosen layers
-/// (GPTQ's Hessian up to the factor 2/n). Holds one (in, in) matrix per chosen layer.
-class HessianAccumulator {
+/// Observer that accumulates the Gram matrix G_l = sum_t x_l,t x_l,t^T (in, in) in double for
+/// chosen layers: a raw sum (quant::HessianAccumulator is GPTQ's H = 2/N G). Holds one (in, in)
+/// matrix per chosen layer.
+class GramAccumulator {
  public:
-  explicit HessianAccumulator(std::vector<std::size_t> layers) : layers_(std::move(layers)) {}
+  explicit GramAccumulator(std::vector<std::size_t> layers) : layers_(std::move(layers)) {}
 
   [[nodiscard]] CaptureNeeds needs() const noexcept { return {.xtx = true}; }
 
-  void observe(const LayerCapture& c) {
+  void observe(const LayerBatch& c) {
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       if (layers_[i] != c.layer->index || !c.xtx) continue;
+      const float* xtx = c.xtx.host().data();
       const std::size_t n = c.layer->in_features;
       if (h_.size() < layers_.size()) h_.resize(layers_.size());
       if (h_[i].empty()) h_[i].assign(n * n, 0.0);
-      for (std::size_t k = 0; k < n * n; ++k) h_[i][k] += c.xtx[k];
+      for (std::size_t k = 0; k < n * n; ++k) h_[i][k] += xtx[k];
       if (tokens_.size() < layers_.size()) tokens_.resize(layers_.size(), 0);
       tokens_[i] += c.rows();
     }
   }
 
-  /// H of the i-th chosen layer, row-major (in, in); empty if it was never observed.
-  [[nodiscard]] const std::vector<double>& hessian(std::size_t i) const {
+  /// G of the i-th chosen layer, row-major (in, in); empty if it was never observed.
+  [[nodiscard]] const std::vector<double>& gram(std::size_t i) const {
     static const std::vector<double> empty;
     return i < h_.size() ? h_[i] : empty;
   }
-  /// Tokens summed into the i-th chosen layer's H.
+  /// Tokens summed into the i-th chosen layer's G.
   [[nodiscard]] std::size_t tokens(std::size_t i) const {
     return i < tokens_.size() ? tokens_[i] : 0;
   }
@@ -139,6 +125,6 @@ class HessianAccumulator {
   std::vector<std::size_t> tokens_;
 };
 
-static_assert(CaptureObserver<HessianAccumulator>);
+static_assert(CaptureObserver<GramAccumulator>);
 
 }  // namespace fragile::model

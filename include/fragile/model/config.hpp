@@ -2,6 +2,7 @@
 // Every loader (HF config.json, llama2.c header) fills this one struct; the runtime reads only it.
 #pragma once
 
+#include "fragile/backend/backend.hpp"
 #include "fragile/core/dtype.hpp"
 #include "fragile/core/error.hpp"
 
@@ -24,11 +25,8 @@ constexpr std::string_view architecture_name(Architecture a) noexcept {
   return "?";
 }
 
-/// How RoPE pairs the dimensions of a head.
-enum class RopeStyle {
-  kHalf,         ///< HF `rotate_half`: pairs (x[i], x[i + d/2])
-  kInterleaved,  ///< llama2.c / Meta: adjacent pairs (x[2i], x[2i+1])
-};
+/// How RoPE pairs the dimensions of a head (a kernel parameter, so the backend defines it).
+using RopeStyle = backend::RopeStyle;
 
 struct RopeScaling {
   enum class Type { kNone, kLlama3 };

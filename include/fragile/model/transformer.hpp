@@ -1,41 +1,36 @@
 // model::Transformer<Backend>: the Llama-family decoder (Llama, Llama 3, Qwen2, Mistral,
 // llama2.c) as described by a ModelConfig, computing exactly what Hugging Face transformers
 // computes in f32: forward over batches of windows [B, T], the next-token NLL through a chunked
-// fused log-softmax (memory independent of B*T*V), and the backward pass from the mean token
+// LM head (memory independent of B*T*V), and the backward pass from the mean token
 // cross-entropy to every linear layer's output, streamed to capture observers.
 //
+// Written once against the backend seam (backend/backend.hpp): weights, activations and scratch
+// live in B's memory, and only token ids, labels and per-row sums cross to the host.
 // Weights are upcast to f32 once at load (TensorStore::read_f32 rejects NaN/Inf naming the
 // tensor). Linear layers can be replaced per call by a WeightOverrides set (fake-quantized
-// weights, say) without copying or reloading the model.
-//
-// Data flow of one block (row b*T + t is token t of window b; C hidden, I intermediate):
-//   x (N, C) -> rmsnorm -> xn1 -> q/k/v_proj (+bias) -> rope(q, k) -> GQA attention -> att
-//   x += o_proj(att);  x -> rmsnorm -> xn2 -> gate/up_proj -> h = silu(gate) * up
-//   x += down_proj(h)
+// weights, say) without copying or reloading the model. One block's forward and backward are in
+// model/block.hpp, the LM head and the loss in model/lm_head.hpp, a capture's delivery in
+// model/capture_delivery.hpp.
 #pragma once
 
-#include "fragile/backend/cpu.hpp"
+#include "fragile/backend/backend.hpp"
 #include "fragile/core/error.hpp"
-#include "fragile/core/finite.hpp"
-#include "fragile/core/rng.hpp"
 #include "fragile/io/tensor_store.hpp"
+#include "fragile/model/block.hpp"
 #include "fragile/model/capture.hpp"
+#include "fragile/model/capture_delivery.hpp"
 #include "fragile/model/config.hpp"
-#include "fragile/model/layers/attention.hpp"
-#include "fragile/model/layers/cross_entropy.hpp"
-#include "fragile/model/layers/embedding.hpp"
-#include "fragile/model/layers/linear.hpp"
-#include "fragile/model/layers/mlp.hpp"
-#include "fragile/model/layers/rmsnorm.hpp"
-#include "fragile/model/layers/rope.hpp"
+#include "fragile/model/linear.hpp"
+#include "fragile/model/linear_registry.hpp"
+#include "fragile/model/lm_head.hpp"
+#include "fragile/model/parameters.hpp"
+#include "fragile/model/rope.hpp"
+#include "fragile/model/weight_overrides.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,113 +42,14 @@
 
 namespace fragile::model {
 
-/// Named f32 tensors (HF names) for building a model in memory: tests, benchmarks, converters.
-using NamedTensors = std::map<std::string, std::vector<float>, std::less<>>;
-
-/// A batch of token windows, each a sequence of ids; all windows of one call have one length.
-using Window = std::vector<std::int32_t>;
+/// The token ids of one window; all windows of one call have one length.
+using TokenIds = std::vector<std::int32_t>;
 
 struct TransformerOptions {
   /// Accept windows longer than max_position_embeddings (RoPE extrapolates; HF would too).
   bool allow_long_windows = false;
   /// Rows of logits materialised at once by the LM head (memory: rows x vocab floats).
   std::size_t head_chunk_rows = 128;
-};
-
-/// A set of replacement weights for linear layers, validated against a model's registry.
-/// Views (std::span) must outlive the evaluation; owned matrices live in the set. The set must
-/// not outlive the model whose registry it was made from (Transformer::make_overrides()).
-class WeightOverrides {
- public:
-  explicit WeightOverrides(const std::vector<LinearInfo>& registry) : registry_(&registry) {}
-
-  /// Replaces layer `index` by the (rows, cols) row-major matrix `w` (not copied).
-  void set(std::size_t index, std::span<const float> w, std::size_t rows, std::size_t cols) {
-    const LinearInfo& li = check(index, w.size(), rows, cols);
-    entries_[li.index] = Entry{w.data(), {}};
-  }
-  /// Replaces layer `index` by `w` (moved into the set).
-  void set(std::size_t index, std::vector<float> w, std::size_t rows, std::size_t cols) {
-    const LinearInfo& li = check(index, w.size(), rows, cols);
-    Entry e;
-    e.owned = std::move(w);
-    e.data = e.owned.data();
-    entries_[li.index] = std::move(e);
-  }
-  /// By HF name ("model.layers.0.self_attn.q_proj").
-  void set(std::string_view name, std::span<const float> w, std::size_t rows, std::size_t cols) {
-    set(index_of(name), w, rows, cols);
-  }
-  void set(std::string_view name, std::vector<float> w, std::size_t rows, std::size_t cols) {
-    set(index_of(name), std::move(w), rows, cols);
-  }
-
-  void erase(std::size_t index) { entries_.erase(index); }
-  void clear() noexcept { entries_.clear(); }
-  [[nodiscard]] bool contains(std::size_t index) const { return entries_.contains(index); }
-  [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
-  /// The replacement weights of layer `index`, or null.
-  [[nodiscard]] const float* find(std::size_t index) const {
-    auto it = entries_.find(index);
-    return it == entries_.end() ? nullptr : it->second.data;
-  }
-  [[nodiscard]] const std::vector<LinearInfo>* registry() const noexcept { return registry_; }
-
- private:
-  struct Entry {
-    const float* data = nullptr;
-    std::vector<float> owned;
-  };
-
-  std::size_t index_of(std::string_view name) const {
-    for (const auto& li : *registry_)
-      if (li.name == name) return li.index;
-    raise<ArgumentError>("weight override: the model has no linear layer named '{}'", name);
-  }
-
-  const LinearInfo& check(std::size_t index, std::size_t size, std::size_t rows,
-                          std::size_t cols) const {
-    require<ArgumentError>(index < registry_->size(),
-                           "weight override: linear index {} out of range (model has {})", index,
-                           registry_->size());
-    const LinearInfo& li = (*registry_)[index];
-    require<ShapeError>(rows == li.out_features && cols == li.in_features,
-                        "weight override for '{}': weight is [{}, {}], the layer needs [{}, {}]",
-                        li.name, rows, cols, li.out_features, li.in_features);
-    require<ShapeError>(size == rows * cols,
-                        "weight override for '{}': buffer holds {} values, [{}, {}] needs {}",
-                        li.name, size, rows, cols, rows * cols);
-    return li;
-  }
-
-  const std::vector<LinearInfo>* registry_;
-  std::map<std::size_t, Entry> entries_;
-};
-
-/// One tensor of the model that training updates: its HF name, shape and storage (row-major).
-struct Parameter {
-  std::string name;
-  std::vector<std::size_t> shape;
-  std::span<float> value;
-  /// Weight decay applies to matrices (embeddings and linears), not to norms or biases.
-  [[nodiscard]] bool is_matrix() const noexcept { return shape.size() == 2; }
-};
-
-/// Gradients of every parameter, in the order of Transformer::parameters().
-struct ParameterGradients {
-  std::vector<std::vector<float>> tensors;
-
-  void zero() {
-    for (auto& t : tensors) std::fill(t.begin(), t.end(), 0.0f);
-  }
-  /// The global L2 norm over every tensor (accumulated in double).
-  [[nodiscard]] double norm() const {
-    double ss = 0.0;
-    for (const auto& t : tensors)
-      for (float v : t) ss += static_cast<double>(v) * v;
-    return std::sqrt(ss);
-  }
 };
 
 namespace detail {
@@ -175,29 +71,31 @@ inline void require_no_extra_blocks(const ModelConfig& c, const io::TensorStore&
 }
 }  // namespace detail
 
-template <backend::Backend B = cpu>
+template <backend::Backend B>
 class Transformer {
  public:
   template <class T>
   using Buffer = typename B::template Buffer<T>;
+  using Ops = backend::Ops<B>;
 
   /// Loads every tensor the config names from `store` (HF names), upcasting to f32.
   Transformer(ModelConfig config, const io::TensorStore& store, TransformerOptions options = {})
       : config_(std::move(config)), options_(options) {
     config_.validate(store.description());
     detail::require_no_extra_blocks(config_, store);
+    std::vector<float> host;
     load([&](const std::string& name, std::vector<std::size_t> shape) {
       const auto& info = store.info(name);
       require<ShapeError>(info.shape == shape, "{}: tensor '{}' has shape {}, the config needs {}",
                           store.description(), name, io::shape_string(info.shape),
                           io::shape_string(shape));
-      Buffer<float> buf(info.numel());
-      store.read_f32(name, std::span<float>(buf.data(), buf.size()));
-      return buf;
+      host.resize(info.numel());
+      store.read_f32(name, std::span<float>(host.data(), host.size()));
+      return std::span<const float>(host);
     });
   }
 
-  /// Takes the named tensors (moved, no copy), checking sizes and finiteness.
+  /// Takes the named tensors, checking sizes and finiteness.
   Transformer(ModelConfig config, NamedTensors weights, TransformerOptions options = {})
       : config_(std::move(config)), options_(options) {
     config_.validate("in-memory weights");
@@ -213,8 +111,7 @@ class Transformer {
         if (!std::isfinite(it->second[k]))
           raise<NumericError>("in-memory weights: tensor '{}' holds a non-finite value ({}) at "
                               "flat index {}", name, it->second[k], k);
-      Buffer<float> buf(it->second.begin(), it->second.end());
-      return buf;
+      return std::span<const float>(it->second);
     });
   }
 
@@ -225,82 +122,110 @@ class Transformer {
   // ------------------------------------------------------------------ linear-layer registry
 
   /// Every linear layer, block-major in HF order (q, k, v, o, gate, up, down).
-  [[nodiscard]] const std::vector<LinearInfo>& linears() const noexcept { return linears_; }
+  [[nodiscard]] const std::vector<LinearInfo>& linears() const noexcept { return registry_.all(); }
+  /// The registry, with lookups by name and by (block, kind).
+  [[nodiscard]] const LinearRegistry& registry() const noexcept { return registry_; }
   /// The linear layer named `name`; ArgumentError if there is none.
   [[nodiscard]] const LinearInfo& linear(std::string_view name) const {
-    for (const auto& li : linears_)
-      if (li.name == name) return li;
-    raise<ArgumentError>("Transformer: no linear layer named '{}'", name);
+    return registry_.named(name);
   }
-  /// The FP weight of linear layer `index`, row-major (out, in).
+  /// The FP weight of linear layer `index`, row-major (out, in), in host memory (a view of the
+  /// model's weight on a host backend; a copy kept at load otherwise).
   [[nodiscard]] std::span<const float> weight(std::size_t index) const {
-    require<ArgumentError>(index < linears_.size(), "Transformer: linear index {} out of range ({})",
-                           index, linears_.size());
-    const auto& li = linears_[index];
-    const auto& w = blocks_[li.block].w[kind_slot(li.kind)];
-    return {w.data(), w.size()};
+    require<ArgumentError>(index < registry_.size(),
+                           "Transformer: linear index {} out of range ({})", index,
+                           registry_.size());
+    if constexpr (B::memory == backend::Memory::kHost) {
+      const auto& li = registry_.all()[index];
+      const auto& w = blocks_[li.block].weight(li.kind);
+      return {w.data(), w.size()};
+    } else {
+      return host_linears_[index];
+    }
   }
   /// Total weight parameters of the linear layers.
   [[nodiscard]] std::size_t linear_parameters() const noexcept {
     std::size_t n = 0;
-    for (const auto& li : linears_) n += li.parameters();
+    for (const auto& li : registry_.all()) n += li.parameters();
     return n;
   }
   /// An empty override set for this model.
-  [[nodiscard]] WeightOverrides make_overrides() const { return WeightOverrides(linears_); }
+  [[nodiscard]] WeightOverrides make_overrides() const { return WeightOverrides(registry_.all()); }
 
   // ------------------------------------------------------------------ forward
 
-  /// Per-token NLL of the next token, (B, T-1) row-major: nll[b, t] = -log p(w[t+1] | w[..t]).
-  [[nodiscard]] std::vector<float> token_nll(std::span<const Window> windows,
-                                             const WeightOverrides* overrides = nullptr) const {
-    const auto [ids, nb, T] = pack(windows, 2);
-    const auto hidden = run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
-    std::vector<float> nll(nb * (T - 1));
-    std::vector<std::int32_t> labels(nb * T, -1);
-    for (std::size_t b = 0; b < nb; ++b)
-      for (std::size_t t = 0; t + 1 < T; ++t) labels[b * T + t] = ids[b * T + t + 1];
-    head_loop(hidden.data(), nb * T, [&](std::size_t r0, std::size_t rows, float* logits,
-                                         const float* lse) {
-      for (std::size_t r = 0; r < rows; ++r) {
-        const std::size_t row = r0 + r, b = row / T, t = row % T;
-        if (t + 1 < T)
-          nll[b * (T - 1) + t] = lse[r] - logits[r * vocab() + static_cast<std::size_t>(labels[row])];
+  /// Final normalised hidden states (B*T, C) in backend memory: the LM head's input.
+  [[nodiscard]] Buffer<float> hidden_states(std::span<const TokenIds> windows,
+                                            const WeightOverrides* overrides = nullptr) const {
+    const auto p = pack(windows, 1);
+    return run_forward(p, overrides, nullptr, NoX{});
+  }
+
+  /// final hidden states, copied to the host.
+  [[nodiscard]] std::vector<float> final_hidden(std::span<const TokenIds> windows,
+                                                const WeightOverrides* overrides = nullptr) const {
+    return to_host(hidden_states(windows, overrides));
+  }
+
+  /// The LM head over chunks of hidden rows (backend memory); see LmHead.
+  [[nodiscard]] LmHead<B> lm_head() const noexcept {
+    return LmHead<B>{head_weight(), config_.hidden_size, vocab(),
+                     std::max<std::size_t>(1, options_.head_chunk_rows)};
+  }
+
+  /// logits (rows, V) = hidden (rows, C) W_head^T, both in backend memory.
+  void head(const float* hidden, std::size_t rows, float* logits) const {
+    lm_head().logits(hidden, rows, logits);
+  }
+
+  /// Per-token NLL of the next token on the host, (B, T-1) row-major:
+  /// nll[b, t] = -log p(w[t+1] | w[..t]).
+  [[nodiscard]] std::vector<double> token_nll(std::span<const TokenIds> windows,
+                                              const WeightOverrides* overrides = nullptr) const {
+    const auto p = pack(windows, 2);
+    const std::size_t nb = p.windows, T = p.seq_len, rows = nb * T;
+    const auto hidden = run_forward(p, overrides, nullptr, NoX{});
+    std::vector<double> nll(nb * (T - 1));
+    const LmHead<B> head = lm_head();
+    Buffer<std::int32_t> labels(std::min(head.chunk, rows));
+    Buffer<double> row(std::min(head.chunk, rows));
+    std::vector<std::int32_t> host_labels;
+    std::vector<double> host_row;
+    head.for_each_chunk(hidden.data(), rows, [&](std::size_t r0, std::size_t n, float* logits,
+                                                 const float* lse) {
+      host_labels.assign(n, -1);
+      for (std::size_t r = 0; r < n; ++r)
+        if ((r0 + r) % T + 1 < T) host_labels[r] = p.ids[r0 + r + 1];
+      Ops::upload(labels.data(), host_labels.data(), n);
+      Ops::row_nll(row.data(), logits, lse, labels.data(), n, vocab());
+      host_row.resize(n);
+      Ops::download(host_row.data(), row.data(), n);
+      for (std::size_t r = 0; r < n; ++r) {
+        const std::size_t g = r0 + r, b = g / T, t = g % T;
+        if (t + 1 < T) nll[b * (T - 1) + t] = host_row[r];
       }
     });
     return nll;
   }
 
-  /// Final normalised hidden states (B*T, C): the LM head's input.
-  [[nodiscard]] std::vector<float> final_hidden(std::span<const Window> windows,
-                                                const WeightOverrides* overrides = nullptr) const {
-    const auto [ids, nb, T] = pack(windows, 1);
-    const auto h = run_forward(ids.data(), nb, T, overrides, nullptr, NoX{});
-    return std::vector<float>(h.begin(), h.end());
-  }
-
-  /// logits (rows, V) = hidden (rows, C) W_head^T.
-  void head(const float* hidden, std::size_t rows, float* logits) const {
-    layers::linear_forward(B{}, logits, hidden, head_weight(), nullptr, rows, config_.hidden_size,
-                           vocab());
-  }
-
-  /// Full logits (B, T, V). Memory B*T*V floats: for tests and small models.
-  [[nodiscard]] std::vector<float> logits(std::span<const Window> windows,
+  /// Full logits (B, T, V) on the host. Memory B*T*V floats: for tests and small models.
+  [[nodiscard]] std::vector<float> logits(std::span<const TokenIds> windows,
                                           const WeightOverrides* overrides = nullptr) const {
-    const auto hidden = final_hidden(windows, overrides);
+    const auto hidden = hidden_states(windows, overrides);
     const std::size_t rows = hidden.size() / config_.hidden_size;
-    std::vector<float> out(rows * vocab());
+    Buffer<float> out(rows * vocab());
     head(hidden.data(), rows, out.data());
-    return out;
+    return to_host(out);
   }
 
   // ------------------------------------------------------------------ training
 
   /// Every parameter in HF order (embed_tokens; per block input_layernorm, q/k/v weights and
   /// biases, o_proj, post_attention_layernorm, gate/up/down; norm; lm_head unless tied), with
-  /// mutable storage: an optimiser updates the model in place.
-  [[nodiscard]] std::vector<Parameter> parameters() {
+  /// mutable host storage: an optimiser updates the model in place. Host backends only.
+  [[nodiscard]] std::vector<Parameter> parameters()
+    requires(B::memory == backend::Memory::kHost)
+  {
     std::vector<Parameter> out;
     visit_parameters([&](std::string name, std::vector<std::size_t> shape, Buffer<float>& buf) {
       out.push_back(Parameter{std::move(name), std::move(shape), {buf.data(), buf.size()}});
@@ -308,7 +233,7 @@ class Transformer {
     return out;
   }
 
-  /// Zeroed gradients, one tensor per parameter.
+  /// Zeroed gradients, one host tensor per parameter.
   [[nodiscard]] ParameterGradients make_gradients() const {
     ParameterGradients g;
     const_cast<Transformer*>(this)->visit_parameters(
@@ -321,7 +246,7 @@ class Transformer {
   /// The mean next-token cross-entropy over every scored position of the batch (HF's loss with
   /// labels = input_ids: B*(T-1) predictions), with its gradient w.r.t. every parameter added
   /// into `grads` (from make_gradients()). Returns the loss.
-  double accumulate_gradients(std::span<const Window> windows, ParameterGradients& grads) const {
+  double accumulate_gradients(std::span<const TokenIds> windows, ParameterGradients& grads) const {
     std::size_t expected = 0;
     const_cast<Transformer*>(this)->visit_parameters(
         [&](const std::string&, const std::vector<std::size_t>&, Buffer<float>& buf) {
@@ -334,12 +259,13 @@ class Transformer {
     require<ArgumentError>(expected == grads.tensors.size(),
                            "accumulate_gradients: gradients hold {} tensors, the model has {}",
                            grads.tensors.size(), expected);
-    const auto [ids, nb, T] = pack(windows, 2);
+    const auto p = pack(windows, 2);
     CaptureOptions opt;
     opt.labels = LabelSource::kData;
-    ParamGradSink sink{this, &grads};
-    const double window_loss_sum = run_backward(ids.data(), nb, T, 0, opt, nullptr, sink, &sink);
-    return window_loss_sum / static_cast<double>(nb);
+    ParamGradSink sink(this, grads);
+    const double window_loss_sum = run_backward(p, 0, opt, nullptr, sink, &sink);
+    sink.finish();
+    return window_loss_sum / static_cast<double>(p.windows);
   }
 
   // ------------------------------------------------------------------ capture (forward + backward)
@@ -349,37 +275,38 @@ class Transformer {
   /// the backward, last block first, with x and g together. Otherwise x (and x^T x) are
   /// delivered during the forward.
   template <CaptureObserver... Obs>
-  CaptureSummary capture(std::span<const Window> windows, const CaptureOptions& opt,
+  CaptureSummary capture(std::span<const TokenIds> windows, const CaptureOptions& opt,
                          Obs&... observers) const {
     return capture_with(windows, opt, nullptr, observers...);
   }
 
   /// capture() of the model with some linear layers overridden.
   template <CaptureObserver... Obs>
-  CaptureSummary capture_with(std::span<const Window> windows, const CaptureOptions& opt,
+  CaptureSummary capture_with(std::span<const TokenIds> windows, const CaptureOptions& opt,
                               const WeightOverrides* overrides, Obs&... observers) const {
     require<ArgumentError>(opt.batch_size > 0, "capture: batch_size must be positive");
     CaptureNeeds needs;
     ((needs = needs | CaptureNeeds(observers.needs())), ...);
     check_windows(windows, opt.labels == LabelSource::kData ? 2 : 1);
-    std::vector<char> selected(linears_.size(), opt.layers.empty() ? 1 : 0);
+    std::vector<char> selected(registry_.size(), opt.layers.empty() ? 1 : 0);
     for (auto l : opt.layers) {
-      require<ArgumentError>(l < linears_.size(), "capture: layer index {} out of range ({})", l,
-                             linears_.size());
+      require<ArgumentError>(l < registry_.size(), "capture: layer index {} out of range ({})", l,
+                             registry_.size());
       selected[l] = 1;
     }
     CaptureSummary summary;
     double loss_sum = 0.0;
     for (std::size_t w0 = 0, batch = 0; w0 < windows.size(); w0 += opt.batch_size, ++batch) {
       const std::size_t nb = std::min(opt.batch_size, windows.size() - w0);
-      const auto [ids, nb_, T] = pack(windows.subspan(w0, nb), 1);
-      BatchCtx ctx{batch, w0, nb, T, opt.labels == LabelSource::kData ? T - 1 : T, needs,
-                   &selected};
-      Deliverer<Obs...> deliver{this, &ctx, std::tie(observers...), {}};
+      const auto p = pack(windows.subspan(w0, nb), 1);
+      const std::size_t T = p.seq_len;
+      const CaptureBatch ctx{batch, w0, nb, T, opt.labels == LabelSource::kData ? T - 1 : T,
+                             needs, &selected};
+      CaptureDelivery<B, Obs...> deliver(ctx, std::tie(observers...));
       if (needs.backward()) {
-        loss_sum += run_backward(ids.data(), nb, T, w0, opt, overrides, deliver);
+        loss_sum += run_backward(p, w0, opt, overrides, deliver);
       } else {
-        run_forward(ids.data(), nb, T, overrides, nullptr,
+        run_forward(p, overrides, nullptr,
                     [&](const LinearInfo& li, const float* x) { deliver(li, x, nullptr); });
       }
       summary.windows += nb;
@@ -392,102 +319,24 @@ class Transformer {
   }
 
  private:
-  // Slot of each kind in a block's weight array, in HF order.
-  static constexpr std::size_t kind_slot(LinearKind k) noexcept { return static_cast<std::size_t>(k); }
-
-  struct Block {
-    Buffer<float> attn_norm, mlp_norm;
-    std::array<Buffer<float>, 7> w;
-    Buffer<float> bq, bk, bv;  // empty unless attention_bias
-  };
-
-  // Activations one block saves for the backward.
-  struct Saved {
-    Buffer<float> x_in, rstd1, xn1, q, k, v, lse, att, x_mid, rstd2, xn2, gate, up;
-  };
-
   struct NoX {
     void operator()(const LinearInfo&, const float*) const noexcept {}
   };
 
-  struct BatchCtx {
-    std::size_t batch_index, first_window, windows, seq_len, scored;
-    CaptureNeeds needs;
-    const std::vector<char>* selected;
-  };
-
-  /// Computes the declared quantities of one layer once and hands them to every observer.
-  template <class... Obs>
-  struct Deliverer {
-    const Transformer* model;
-    const BatchCtx* ctx;
-    std::tuple<Obs&...> observers;
-    // x^T x is shared by layers reading the same input (q/k/v, gate/up): cache per block+input.
-    struct {
-      std::size_t key = static_cast<std::size_t>(-1);
-      Buffer<float> xtx;
-    } cache;
-
-    // Layers that read the same input: q/k/v, o, gate/up, down.
-    static std::size_t input_group(LinearKind k) noexcept {
-      switch (k) {
-        case LinearKind::kQ:
-        case LinearKind::kK:
-        case LinearKind::kV: return 0;
-        case LinearKind::kO: return 1;
-        case LinearKind::kGate:
-        case LinearKind::kUp: return 2;
-        case LinearKind::kDown: return 3;
-      }
-      return 4;
-    }
-
-    void operator()(const LinearInfo& li, const float* x, const float* g) {
-      if (!(*ctx->selected)[li.index]) return;
-      const CaptureNeeds& n = ctx->needs;
-      const std::size_t rows = ctx->windows * ctx->seq_len, in = li.in_features,
-                        out = li.out_features;
-      LayerCapture c;
-      c.layer = &li;
-      c.batch_index = ctx->batch_index;
-      c.first_window = ctx->first_window;
-      c.windows = ctx->windows;
-      c.seq_len = ctx->seq_len;
-      c.scored_positions = ctx->scored;
-      c.x = n.x ? x : nullptr;
-      c.g = n.g ? g : nullptr;
-      if (n.xtx) {
-        const std::size_t key = li.block * 8 + input_group(li.kind);
-        if (cache.key != key) {
-          cache.xtx.resize(in * in);
-          backend::Ops<B>::gemm(backend::Trans::kT, backend::Trans::kN, in, in, rows, 1.0f, x, in,
-                                x, in, 0.0f, cache.xtx.data(), in);
-          cache.key = key;
-        }
-        c.xtx = cache.xtx.data();
-      }
-      Buffer<float> wg, wg2;
-      if (g && n.weight_grad) {
-        wg.resize(out * in);
-        layers::linear_backward_weight(B{}, wg.data(), g, x, rows, in, out, false);
-        c.weight_grad = wg.data();
-      }
-      if (g && n.weight_grad_sq) {
-        wg2.assign(out * in, 0.0f);
-        Buffer<float> one(out * in);
-        const std::size_t T = ctx->seq_len;
-        for (std::size_t b = 0; b < ctx->windows; ++b) {
-          layers::linear_backward_weight(B{}, one.data(), g + b * T * out, x + b * T * in, T, in,
-                                         out, false);
-          for (std::size_t k = 0; k < one.size(); ++k) wg2[k] += one[k] * one[k];
-        }
-        c.weight_grad_sq = wg2.data();
-      }
-      std::apply([&](auto&... o) { (o.observe(c), ...); }, observers);
-    }
+  /// Windows packed into one id array (host), with their count and length.
+  struct Packed {
+    std::vector<std::int32_t> ids;
+    std::size_t windows, seq_len;
   };
 
   [[nodiscard]] std::size_t vocab() const noexcept { return config_.vocab_size; }
+
+  template <class T>
+  static std::vector<T> to_host(const Buffer<T>& b) {
+    std::vector<T> out(b.size());
+    Ops::download(out.data(), b.data(), b.size());
+    return out;
+  }
 
   /// fn(name, shape, buffer) for every parameter, in HF's named_parameters() order.
   template <class Fn>
@@ -496,12 +345,13 @@ class Transformer {
     const std::size_t C = c.hidden_size;
     fn("model.embed_tokens.weight", {c.vocab_size, C}, embed_);
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      Block& blk = blocks_[i];
+      BlockWeights<B>& blk = blocks_[i];
       for (LinearKind k : kAllLinearKinds) {
         const auto [out, in] = linear_shape(c, k);
         const std::string name = linear_name(i, k);
-        fn(name + ".weight", {out, in}, blk.w[kind_slot(k)]);
-        if (auto* b = bias_of(blk, k); b && !b->empty()) fn(name + ".bias", {out}, *b);
+        fn(name + ".weight", {out, in}, blk.weight(k));
+        if (auto* b = BlockWeights<B>::bias_of(blk, k); b && b->size() != 0)
+          fn(name + ".bias", {out}, *b);
       }
       const std::string p = fmt::format("model.layers.{}.", i);
       fn(p + "input_layernorm.weight", {C}, blk.attn_norm);
@@ -511,85 +361,128 @@ class Transformer {
     if (!c.tie_word_embeddings) fn("lm_head.weight", {c.vocab_size, C}, lm_head_);
   }
 
-  template <class Blk>  // Block or const Block
-  static auto* bias_of(Blk& blk, LinearKind k) noexcept {
-    using Ptr = decltype(&blk.bq);
-    switch (k) {
-      case LinearKind::kQ: return &blk.bq;
-      case LinearKind::kK: return &blk.bk;
-      case LinearKind::kV: return &blk.bv;
-      default: return Ptr{nullptr};
-    }
-  }
-
-  /// Receives the backward's linear captures and adds every parameter's gradient into a
-  /// ParameterGradients (the linears here; norms, embedding and head inside run_backward).
-  struct ParamGradSink {
-    ParamGradSink(const Transformer* m, ParameterGradients* g) : model(m) {
+  /// Receives the backward's linear captures and adds every parameter's gradient (the linears
+  /// here; norms, embedding and head inside run_backward) into a ParameterGradients: in place on
+  /// a host backend, through backend buffers added in by finish() otherwise.
+  class ParamGradSink {
+   public:
+    ParamGradSink(const Transformer* m, ParameterGradients& g) : model_(m), host_(&g) {
       std::size_t n = 0;
       const_cast<Transformer*>(m)->visit_parameters(
           [&](const std::string&, const std::vector<std::size_t>&, Buffer<float>& buf) {
-            by_param.emplace(buf.data(), g->tensors[n++].data());
+            float* target = g.tensors[n].data();
+            if constexpr (B::memory != backend::Memory::kHost) {
+              device_.emplace_back(buf.size());
+              Ops::fill(device_.back().data(), buf.size(), 0.0f);
+              target = device_.back().data();
+            }
+            target_.emplace(buf.data(), target);
+            ++n;
           });
     }
-    /// The gradient storage of parameter `p`.
-    float* of(const Buffer<float>& p) const { return by_param.at(p.data()); }
+    /// The gradient storage (backend memory) of parameter `p`.
+    float* of(const Buffer<float>& p) const { return target_.at(p.data()); }
 
     void operator()(const LinearInfo& li, const float* x, const float* g) {
-      const Block& blk = model->blocks_[li.block];
-      layers::linear_backward_weight(B{}, of(blk.w[kind_slot(li.kind)]), g, x, rows,
-                                     li.in_features, li.out_features, true);
+      const BlockWeights<B>& blk = model_->blocks_[li.block];
+      Linear<B>::backward_weight(of(blk.weight(li.kind)), g, x, rows, li.in_features,
+                                 li.out_features, true);
       if (li.has_bias)
-        layers::linear_backward_bias(B{}, of(*bias_of(blk, li.kind)), g, rows, li.out_features);
+        Ops::bias_backward(of(*BlockWeights<B>::bias_of(blk, li.kind)), g, rows,
+                           li.out_features);
     }
 
-    const Transformer* model;
+    /// Adds the backend buffers into the host gradients (nothing to do on a host backend).
+    void finish() const {
+      std::vector<float> host;
+      for (std::size_t i = 0; i < device_.size(); ++i) {
+        host.resize(device_[i].size());
+        Ops::download(host.data(), device_[i].data(), host.size());
+        auto& dst = host_->tensors[i];
+        for (std::size_t k = 0; k < host.size(); ++k) dst[k] += host[k];
+      }
+    }
+
     std::size_t rows = 0;  // tokens of the current batch, set by run_backward
-    std::unordered_map<const float*, float*> by_param;
+
+   private:
+    const Transformer* model_;
+    ParameterGradients* host_;
+    std::unordered_map<const float*, float*> target_;
+    std::vector<Buffer<float>> device_;
   };
+
   [[nodiscard]] const float* head_weight() const noexcept {
     return config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
   }
 
-  const float* weight_of(std::size_t block, LinearKind k, const WeightOverrides* ov) const {
-    if (ov) {
-      if (const float* p = ov->find(block * 7 + kind_slot(k))) return p;
+  /// The linear weights block `block` uses in this call: the override's where there is one
+  /// (uploaded into `staging` for a backend whose memory is not the host's), else the model's.
+  BlockLinears block_linears(std::size_t block, const WeightOverrides* ov,
+                             std::vector<Buffer<float>>& staging) const {
+    const BlockWeights<B>& bw = blocks_[block];
+    BlockLinears l;
+    for (LinearKind k : kAllLinearKinds) {
+      const float* w = bw.weight(k).data();
+      if (ov) {
+        const LinearInfo& li = registry_.at(block, k);
+        if (const float* p = ov->find(li.index)) {
+          if constexpr (B::memory == backend::Memory::kHost) {
+            w = p;
+          } else {
+            staging.emplace_back(li.parameters());
+            Ops::upload(staging.back().data(), p, li.parameters());
+            w = staging.back().data();
+          }
+        }
+      }
+      l.w[static_cast<std::size_t>(k)] = w;
     }
-    return blocks_[block].w[kind_slot(k)].data();
+    l.bq = bw.bq.size() ? bw.bq.data() : nullptr;
+    l.bk = bw.bk.size() ? bw.bk.data() : nullptr;
+    l.bv = bw.bv.size() ? bw.bv.data() : nullptr;
+    return l;
   }
 
   template <class Get>
   void load(Get&& get) {
     const auto& c = config_;
     const std::size_t C = c.hidden_size;
-    embed_ = get("model.embed_tokens.weight", {c.vocab_size, C});
+    auto buffer = [&](const std::string& name, std::vector<std::size_t> shape) {
+      const std::span<const float> host = get(name, std::move(shape));
+      Buffer<float> buf(host.size());
+      Ops::upload(buf.data(), host.data(), host.size());
+      return buf;
+    };
+    embed_ = buffer("model.embed_tokens.weight", {c.vocab_size, C});
     blocks_.resize(c.num_hidden_layers);
     for (std::size_t i = 0; i < c.num_hidden_layers; ++i) {
       auto& blk = blocks_[i];
       const std::string p = fmt::format("model.layers.{}.", i);
-      blk.attn_norm = get(p + "input_layernorm.weight", {C});
-      blk.mlp_norm = get(p + "post_attention_layernorm.weight", {C});
+      blk.attn_norm = buffer(p + "input_layernorm.weight", {C});
+      blk.mlp_norm = buffer(p + "post_attention_layernorm.weight", {C});
       for (LinearKind k : kAllLinearKinds) {
         const auto [out, in] = linear_shape(c, k);
         const std::string name = linear_name(i, k);
-        blk.w[kind_slot(k)] = get(name + ".weight", {out, in});
+        const std::span<const float> w = get(name + ".weight", {out, in});
+        blk.weight(k) = Buffer<float>(w.size());
+        Ops::upload(blk.weight(k).data(), w.data(), w.size());
+        if constexpr (B::memory != backend::Memory::kHost)
+          host_linears_.emplace_back(w.begin(), w.end());
         const bool bias = c.attention_bias &&
                           (k == LinearKind::kQ || k == LinearKind::kK || k == LinearKind::kV);
-        if (bias) {
-          auto& dst = k == LinearKind::kQ ? blk.bq : (k == LinearKind::kK ? blk.bk : blk.bv);
-          dst = get(name + ".bias", {out});
-        }
-        linears_.push_back(LinearInfo{name, linears_.size(), i, k, in, out, bias});
+        if (bias) *BlockWeights<B>::bias_of(blk, k) = buffer(name + ".bias", {out});
+        registry_.add(i, k, in, out, bias);
       }
     }
-    final_norm_ = get("model.norm.weight", {C});
-    if (!c.tie_word_embeddings) lm_head_ = get("lm_head.weight", {c.vocab_size, C});
-    inv_freq_ = layers::rope_inv_freq(c);
+    final_norm_ = buffer("model.norm.weight", {C});
+    if (!c.tie_word_embeddings) lm_head_ = buffer("lm_head.weight", {c.vocab_size, C});
+    inv_freq_ = rope_inv_freq(c);
   }
 
   /// Validates the windows: non-empty, one length >= min_len, within max_position_embeddings
   /// (unless allowed), every id inside the vocabulary.
-  void check_windows(std::span<const Window> windows, std::size_t min_len) const {
+  void check_windows(std::span<const TokenIds> windows, std::size_t min_len) const {
     require<ArgumentError>(!windows.empty(), "Transformer: empty batch (no windows)");
     const std::size_t T = windows[0].size();
     for (std::size_t w = 0; w < windows.size(); ++w) {
@@ -612,11 +505,7 @@ class Transformer {
                            config_.max_position_embeddings);
   }
 
-  struct Packed {
-    std::vector<std::int32_t> ids;
-    std::size_t windows, seq_len;
-  };
-  Packed pack(std::span<const Window> windows, std::size_t min_len) const {
+  Packed pack(std::span<const TokenIds> windows, std::size_t min_len) const {
     check_windows(windows, min_len);
     Packed p{{}, windows.size(), windows[0].size()};
     p.ids.reserve(p.windows * p.seq_len);
@@ -624,267 +513,138 @@ class Transformer {
     return p;
   }
 
-  /// NumericError when the residual stream (N rows of hidden_size) after `stage` of `block`
-  /// holds a NaN or infinity, naming the block, the stage and the first bad position. Checked
-  /// where it arises: a NaN there would otherwise surface only as a garbage statistic.
-  void require_finite_residual(const float* x, std::size_t N, std::size_t T, std::size_t block,
-                               const char* stage) const {
-    const std::size_t C = config_.hidden_size, bad = first_non_finite(x, N * C);
-    if (bad == N * C) return;
-    const std::size_t row = bad / C;
-    raise<NumericError>("forward: the hidden state after the {} of block {} (model.layers.{}) is "
-                        "not finite ({} at window {} of the batch, position {}): a weight or "
-                        "activation overflowed", stage, block, block, x[bad], row / T, row % T);
+  /// The shape of block `i` for a batch: its attention window is the config's for that block
+  /// (Qwen2's max_window_layers gives full attention below it and a sliding window from it on).
+  [[nodiscard]] BlockShape block_shape(std::size_t i, std::size_t nb, std::size_t T) const {
+    const auto& c = config_;
+    BlockShape s;
+    s.index = i;
+    s.windows = nb;
+    s.seq_len = T;
+    s.hidden = c.hidden_size;
+    s.intermediate = c.intermediate_size;
+    s.q_dim = c.q_dim();
+    s.kv_dim = c.kv_dim();
+    s.eps = static_cast<float>(c.rms_norm_eps);
+    s.attention = {nb, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                   c.attention_window(i)};
+    s.rope_q = {nb * T, T, c.num_attention_heads, c.head_dim, c.rope_style};
+    s.rope_k = {nb * T, T, c.num_key_value_heads, c.head_dim, c.rope_style};
+    return s;
   }
+
+  [[nodiscard]] RopeTables<B> rope_tables(std::size_t T) const {
+    const auto host = rope_table(inv_freq_, T);
+    RopeTables<B> t{Buffer<float>(host.cos.size()), Buffer<float>(host.sin.size())};
+    Ops::upload(t.cos.data(), host.cos.data(), host.cos.size());
+    Ops::upload(t.sin.data(), host.sin.data(), host.sin.size());
+    return t;
+  }
+
+  /// The embeddings of the packed ids (N, C) in backend memory.
+  [[nodiscard]] Buffer<float> embed(const Packed& p, Buffer<std::int32_t>& ids) const {
+    const std::size_t N = p.windows * p.seq_len, C = config_.hidden_size;
+    ids = Buffer<std::int32_t>(N);
+    Ops::upload(ids.data(), p.ids.data(), N);
+    Buffer<float> x(N * C);
+    Ops::embedding_forward(x.data(), ids.data(), embed_.data(), N, C);
+    return x;
+  }
+
+  /// What the backward needs from the forward: each block's activations, the last residual
+  /// stream and its rstd under the final norm.
+  struct Saved {
+    std::vector<BlockActivations<B>> blocks;
+    Buffer<float> x_last, rstd_last;
+    Buffer<std::int32_t> ids;
+  };
 
   /// Runs the blocks and the final norm; returns the final hidden states (N, C). With `saved`,
-  /// keeps what the backward needs (one Saved per block plus the last residual and its rstd in
-  /// saved->back()). `on_x(layer, x)` sees each linear layer's input.
+  /// keeps what the backward needs. `on_x(layer, x)` sees each linear layer's input.
   template <class OnX>
-  Buffer<float> run_forward(const std::int32_t* ids, std::size_t nb, std::size_t T,
-                                 const WeightOverrides* ov, std::vector<Saved>* saved,
-                                 OnX&& on_x) const {
-    require<ArgumentError>(!ov || ov->registry() == &linears_,
+  Buffer<float> run_forward(const Packed& p, const WeightOverrides* ov, Saved* saved,
+                            OnX&& on_x) const {
+    require<ArgumentError>(!ov || ov->registry() == &registry_.all(),
                            "Transformer: weight overrides were made for another model");
-    const auto& c = config_;
-    const std::size_t N = nb * T, C = c.hidden_size, I = c.intermediate_size;
-    const std::size_t qd = c.q_dim(), kd = c.kv_dim(), L = c.num_hidden_layers;
-    const float eps = static_cast<float>(c.rms_norm_eps);
-    const auto rope = layers::rope_table(inv_freq_, T);
-    const layers::AttentionShape ash{nb, T, c.num_attention_heads, c.num_key_value_heads,
-                                     c.head_dim, c.sliding_window};
-    const B be{};
-
-    Buffer<float> x(N * C);
-    layers::embedding_forward(be, x.data(), ids, embed_.data(), N, C);
-    // Scratch for the forward-only path (the saving path writes into Saved instead).
-    Buffer<float> xn, q, k, v, att, gate, up, lse;
-    if (!saved) {
-      xn.resize(N * C);
-      q.resize(N * qd);
-      k.resize(N * kd);
-      v.resize(N * kd);
-      att.resize(N * qd);
-      gate.resize(N * I);
-      up.resize(N * I);
-    } else {
-      saved->assign(L + 1, Saved{});
-    }
-    auto buf = [&](Buffer<float>& scratch, Buffer<float>& keep, std::size_t n) {
-      if (!saved) return scratch.data();
-      keep.resize(n);
-      return keep.data();
-    };
+    const std::size_t nb = p.windows, T = p.seq_len, N = nb * T, C = config_.hidden_size;
+    const std::size_t L = config_.num_hidden_layers;
+    const auto rope = rope_tables(T);
+    Buffer<std::int32_t> ids;
+    Buffer<float> x = embed(p, ids);
+    BlockActivations<B> scratch;
+    if (saved) saved->blocks.assign(L, BlockActivations<B>{});
+    std::vector<Buffer<float>> staging;
     for (std::size_t i = 0; i < L; ++i) {
-      const Block& blk = blocks_[i];
-      Saved* s = saved ? &(*saved)[i] : nullptr;
-      Saved dummy;
-      Saved& sv = s ? *s : dummy;
-      if (s) s->x_in = x;
-      float* xn1 = buf(xn, sv.xn1, N * C);
-      float* rstd1 = s ? (sv.rstd1.resize(N), sv.rstd1.data()) : nullptr;
-      layers::rmsnorm_forward(be, xn1, rstd1, x.data(), blk.attn_norm.data(), N, C, eps);
-      float* qp = buf(q, sv.q, N * qd);
-      float* kp = buf(k, sv.k, N * kd);
-      float* vp = buf(v, sv.v, N * kd);
-      const LinearInfo* li = &linears_[i * 7];
-      on_x(li[0], xn1);
-      on_x(li[1], xn1);
-      on_x(li[2], xn1);
-      layers::linear_forward(be, qp, xn1, weight_of(i, LinearKind::kQ, ov),
-                             blk.bq.empty() ? nullptr : blk.bq.data(), N, C, qd);
-      layers::linear_forward(be, kp, xn1, weight_of(i, LinearKind::kK, ov),
-                             blk.bk.empty() ? nullptr : blk.bk.data(), N, C, kd);
-      layers::linear_forward(be, vp, xn1, weight_of(i, LinearKind::kV, ov),
-                             blk.bv.empty() ? nullptr : blk.bv.data(), N, C, kd);
-      layers::rope_forward(be, qp, rope, N, T, c.num_attention_heads, c.head_dim, c.rope_style);
-      layers::rope_forward(be, kp, rope, N, T, c.num_key_value_heads, c.head_dim, c.rope_style);
-      float* attp = buf(att, sv.att, N * qd);
-      float* lsep = s ? (sv.lse.resize(nb * c.num_attention_heads * T), sv.lse.data()) : nullptr;
-      layers::attention_forward(be, attp, lsep, qp, kp, vp, ash);
-      on_x(li[3], attp);
-      backend::Ops<B>::gemm(backend::Trans::kN, backend::Trans::kT, N, C, qd, 1.0f, attp, qd,
-                            weight_of(i, LinearKind::kO, ov), qd, 1.0f, x.data(), C);
-      require_finite_residual(x.data(), N, T, i, "attention (self_attn)");
-      if (s) s->x_mid = x;
-      float* xn2 = buf(xn, sv.xn2, N * C);
-      float* rstd2 = s ? (sv.rstd2.resize(N), sv.rstd2.data()) : nullptr;
-      layers::rmsnorm_forward(be, xn2, rstd2, x.data(), blk.mlp_norm.data(), N, C, eps);
-      float* gp = buf(gate, sv.gate, N * I);
-      float* up_ = buf(up, sv.up, N * I);
-      on_x(li[4], xn2);
-      on_x(li[5], xn2);
-      layers::linear_forward(be, gp, xn2, weight_of(i, LinearKind::kGate, ov), nullptr, N, C, I);
-      layers::linear_forward(be, up_, xn2, weight_of(i, LinearKind::kUp, ov), nullptr, N, C, I);
-      // h: into the forward scratch `gate` buffer when not saving, else a temporary.
-      Buffer<float> h_tmp;
-      float* h = saved ? (h_tmp.resize(N * I), h_tmp.data()) : gate.data();
-      layers::swiglu_forward(be, h, gp, up_, N * I);
-      on_x(li[6], h);
-      backend::Ops<B>::gemm(backend::Trans::kN, backend::Trans::kT, N, C, I, 1.0f, h, I,
-                            weight_of(i, LinearKind::kDown, ov), I, 1.0f, x.data(), C);
-      require_finite_residual(x.data(), N, T, i, "MLP (mlp)");
+      staging.clear();
+      const BlockLinears lin = block_linears(i, ov, staging);
+      Block<B>::forward(blocks_[i], lin, block_shape(i, nb, T), rope, x.data(),
+                        saved ? saved->blocks[i] : scratch, saved != nullptr,
+                        [&](LinearKind k, const float* in) { on_x(registry_.at(i, k), in); });
     }
     Buffer<float> out(N * C);
-    float* rstd_f = nullptr;
+    if (saved) saved->rstd_last = Buffer<float>(N);
+    Ops::rmsnorm_forward(out.data(), saved ? saved->rstd_last.data() : nullptr, x.data(),
+                         final_norm_.data(), N, C, static_cast<float>(config_.rms_norm_eps));
     if (saved) {
-      auto& last = (*saved)[L];
-      last.x_in = x;
-      last.rstd1.resize(N);
-      rstd_f = last.rstd1.data();
+      saved->x_last = std::move(x);
+      saved->ids = std::move(ids);
     }
-    layers::rmsnorm_forward(be, out.data(), rstd_f, x.data(), final_norm_.data(), N, C, eps);
     return out;
-  }
-
-  /// Runs the LM head over `rows` hidden rows in chunks: fn(first_row, rows, logits, lse) with
-  /// logits (rows, V) that fn may overwrite.
-  template <class Fn>
-  void head_loop(const float* hidden, std::size_t rows, Fn&& fn) const {
-    const std::size_t chunk = std::max<std::size_t>(1, options_.head_chunk_rows);
-    Buffer<float> logits(std::min(chunk, rows) * vocab());
-    Buffer<float> lse(std::min(chunk, rows));
-    for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
-      const std::size_t n = std::min(chunk, rows - r0);
-      head(hidden + r0 * config_.hidden_size, n, logits.data());
-      layers::logsumexp_rows(B{}, lse.data(), nullptr, logits.data(), n, vocab());
-      fn(r0, n, logits.data(), lse.data());
-    }
   }
 
   /// Forward with saving, loss, backward through every block; delivers captures. Returns the
   /// sum over the batch's windows of the window mean cross-entropy.
   template <class Deliver>
-  double run_backward(const std::int32_t* ids, std::size_t nb, std::size_t T,
-                      std::size_t first_window, const CaptureOptions& opt,
+  double run_backward(const Packed& p, std::size_t first_window, const CaptureOptions& opt,
                       const WeightOverrides* ov, Deliver& deliver,
                       ParamGradSink* pg = nullptr) const {
     const auto& c = config_;
-    const std::size_t N = nb * T, C = c.hidden_size, I = c.intermediate_size;
-    const std::size_t qd = c.q_dim(), kd = c.kv_dim(), L = c.num_hidden_layers, V = vocab();
-    const B be{};
-    std::vector<Saved> saved;
-    const Buffer<float> hidden = run_forward(ids, nb, T, ov, &saved, NoX{});
+    const std::size_t nb = p.windows, T = p.seq_len, N = nb * T, C = c.hidden_size;
+    const std::size_t L = c.num_hidden_layers;
+    Saved saved;
+    const Buffer<float> hidden = run_forward(p, ov, &saved, NoX{});
 
-    // Loss and its gradient w.r.t. the final hidden states, chunk by chunk.
+    // Loss and its gradient w.r.t. the final hidden states.
     const bool data = opt.labels == LabelSource::kData;
     const std::size_t scored = data ? T - 1 : T;
     // Captures see d(window mean)/dy; parameter gradients are of the batch mean (HF's loss).
     const float scale = 1.0f / static_cast<float>(pg ? scored * nb : scored);
     if (pg) pg->rows = N;
     Buffer<float> dhidden(N * C);
-    std::vector<double> window_nll(nb, 0.0);
-    std::vector<std::int32_t> labels;
-    std::vector<float> scales;
-    const Rng base(opt.seed);
-    head_loop(hidden.data(), N, [&](std::size_t r0, std::size_t rows, float* logits,
-                                    const float* lse) {
-      labels.assign(rows, -1);
-      scales.assign(rows, scale);
-      if (data) {
-        for (std::size_t r = 0; r < rows; ++r) {
-          const std::size_t row = r0 + r;
-          if (row % T + 1 < T) labels[r] = ids[row + 1];
-        }
-      } else {
-#pragma omp parallel for schedule(static) if (rows * V >= backend::kCpuParallelMin)
-        for (std::size_t r = 0; r < rows; ++r) {
-          const std::size_t row = r0 + r;
-          Rng rng = base.fork((first_window + row / T) * T + row % T);
-          const float* lr = logits + r * V;
-          const double u = rng.uniform();
-          double acc = 0.0, total = 0.0;
-          for (std::size_t j = 0; j < V; ++j) total += std::exp(static_cast<double>(lr[j] - lse[r]));
-          std::size_t pick = V - 1;
-          for (std::size_t j = 0; j < V; ++j) {
-            acc += std::exp(static_cast<double>(lr[j] - lse[r]));
-            if (u * total < acc) {
-              pick = j;
-              break;
-            }
-          }
-          labels[r] = static_cast<std::int32_t>(pick);
-        }
-      }
-      for (std::size_t r = 0; r < rows; ++r)
-        if (labels[r] >= 0)
-          window_nll[(r0 + r) / T] +=
-              static_cast<double>(lse[r]) - logits[r * V + static_cast<std::size_t>(labels[r])];
-      layers::cross_entropy_backward_rows(be, logits, lse, labels.data(), scales.data(), rows, V);
-      if (pg)
-        layers::linear_backward_weight(
-            be, pg->of(c.tie_word_embeddings ? embed_ : lm_head_), logits,
-            hidden.data() + r0 * C, rows, C, V, true);
-      layers::linear_backward_input(be, dhidden.data() + r0 * C, logits, head_weight(), rows, C, V,
-                                    false);
-    });
+    const std::vector<double> window_nll = lm_head().loss_backward(
+        hidden.data(), p.ids, nb, T, opt.labels, opt.seed, first_window, scale, dhidden.data(),
+        pg ? pg->of(c.tie_word_embeddings ? embed_ : lm_head_) : nullptr);
     double loss = 0.0;
     for (double s : window_nll) loss += s / static_cast<double>(scored);
 
-    const float* w_final = final_norm_.data();
-    Buffer<float> dx(N * C), dxn(N * C), h(N * I), dh(N * I), dgate(N * I), dup(N * I);
-    Buffer<float> datt(N * qd), dq(N * qd), dk(N * kd), dv(N * kd);
-    layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(final_norm_) : nullptr, dhidden.data(),
-                             saved[L].x_in.data(), w_final,
-                             saved[L].rstd1.data(), N, C, false);
-    const auto rope = layers::rope_table(inv_freq_, T);
-    const layers::AttentionShape ash{nb, T, c.num_attention_heads, c.num_key_value_heads,
-                                     c.head_dim, c.sliding_window};
+    Buffer<float> dx(N * C);
+    Ops::rmsnorm_backward(dx.data(), pg ? pg->of(final_norm_) : nullptr, dhidden.data(),
+                          saved.x_last.data(), final_norm_.data(), saved.rstd_last.data(), N, C,
+                          false);
+    const auto rope = rope_tables(T);
+    typename Block<B>::Scratch scratch(block_shape(0, nb, T));
+    std::vector<Buffer<float>> staging;
     for (std::size_t i = L; i-- > 0;) {
-      const Block& blk = blocks_[i];
-      Saved& s = saved[i];
-      const LinearInfo* li = &linears_[i * 7];
-      // MLP: dx holds dL/d(block output).
-      layers::swiglu_forward(be, h.data(), s.gate.data(), s.up.data(), N * I);
-      deliver(li[6], h.data(), dx.data());
-      layers::linear_backward_input(be, dh.data(), dx.data(), weight_of(i, LinearKind::kDown, ov),
-                                    N, I, C, false);
-      layers::swiglu_backward(be, dgate.data(), dup.data(), dh.data(), s.gate.data(), s.up.data(),
-                              N * I);
-      deliver(li[4], s.xn2.data(), dgate.data());
-      deliver(li[5], s.xn2.data(), dup.data());
-      layers::linear_backward_input(be, dxn.data(), dgate.data(),
-                                    weight_of(i, LinearKind::kGate, ov), N, C, I, false);
-      layers::linear_backward_input(be, dxn.data(), dup.data(), weight_of(i, LinearKind::kUp, ov),
-                                    N, C, I, true);
-      layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(blk.mlp_norm) : nullptr, dxn.data(),
-                               s.x_mid.data(),
-                               blk.mlp_norm.data(), s.rstd2.data(), N, C, true);
-      s.gate = {};
-      s.up = {};
-      // Attention: dx holds dL/d(x_mid).
-      deliver(li[3], s.att.data(), dx.data());
-      layers::linear_backward_input(be, datt.data(), dx.data(), weight_of(i, LinearKind::kO, ov),
-                                    N, qd, C, false);
-      layers::attention_backward(be, dq.data(), dk.data(), dv.data(), datt.data(), s.att.data(),
-                                 s.lse.data(), s.q.data(), s.k.data(), s.v.data(), ash);
-      layers::rope_backward(be, dq.data(), rope, N, T, c.num_attention_heads, c.head_dim,
-                            c.rope_style);
-      layers::rope_backward(be, dk.data(), rope, N, T, c.num_key_value_heads, c.head_dim,
-                            c.rope_style);
-      deliver(li[0], s.xn1.data(), dq.data());
-      deliver(li[1], s.xn1.data(), dk.data());
-      deliver(li[2], s.xn1.data(), dv.data());
-      layers::linear_backward_input(be, dxn.data(), dq.data(), weight_of(i, LinearKind::kQ, ov), N,
-                                    C, qd, false);
-      layers::linear_backward_input(be, dxn.data(), dk.data(), weight_of(i, LinearKind::kK, ov), N,
-                                    C, kd, true);
-      layers::linear_backward_input(be, dxn.data(), dv.data(), weight_of(i, LinearKind::kV, ov), N,
-                                    C, kd, true);
-      layers::rmsnorm_backward(be, dx.data(), pg ? pg->of(blk.attn_norm) : nullptr, dxn.data(),
-                               s.x_in.data(),
-                               blk.attn_norm.data(), s.rstd1.data(), N, C, true);
-      s = Saved{};
+      staging.clear();
+      const BlockLinears lin = block_linears(i, ov, staging);
+      const typename Block<B>::NormGrads ng{pg ? pg->of(blocks_[i].attn_norm) : nullptr,
+                                            pg ? pg->of(blocks_[i].mlp_norm) : nullptr};
+      Block<B>::backward(blocks_[i], lin, block_shape(i, nb, T), rope, dx.data(),
+                         saved.blocks[i], scratch, ng,
+                         [&](LinearKind k, const float* x, const float* g) {
+                           deliver(registry_.at(i, k), x, g);
+                         });
     }
-    if (pg) layers::embedding_backward(be, pg->of(embed_), dx.data(), ids, N, C);
+    if (pg) Ops::embedding_backward(pg->of(embed_), dx.data(), saved.ids.data(), N, C);
     return loss;
   }
 
   ModelConfig config_;
   TransformerOptions options_;
   Buffer<float> embed_, final_norm_, lm_head_;
-  std::vector<Block> blocks_;
-  std::vector<LinearInfo> linears_;
+  std::vector<BlockWeights<B>> blocks_;
+  LinearRegistry registry_;
+  std::vector<std::vector<float>> host_linears_;  ///< host copies, for device-memory backends
   std::vector<float> inv_freq_;
 };
 

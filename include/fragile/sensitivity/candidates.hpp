@@ -171,12 +171,12 @@ struct CalibrationCollector {
   std::vector<MatrixF> x;  // rows appended batch by batch
 
   [[nodiscard]] model::CaptureNeeds needs() const noexcept { return {.x = true}; }
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     const std::size_t i = slot(c.layer->index);
     if (i == layers.size()) return;
     const auto in = static_cast<Eigen::Index>(c.layer->in_features);
     const auto rows = static_cast<Eigen::Index>(c.rows());
-    Eigen::Map<const MatrixF> xm(c.x, rows, in);
+    Eigen::Map<const MatrixF> xm(c.x.host().data(), rows, in);
     if (h[i].in_features() == 0) h[i] = quant::HessianAccumulator(in, c.layer->name);
     h[i].add(xm);
     if (keep_x) {
@@ -206,7 +206,7 @@ CandidateSet quantize_candidates_sequential(const model::Transformer<B>& model, 
                                             std::vector<std::string> labels,
                                             std::vector<double> values) {
   const auto& linears = model.linears();
-  std::vector<model::Window> tokens;
+  std::vector<model::TokenIds> tokens;
   for (const auto& w : calibration) tokens.push_back(w.tokens);
   std::vector<std::size_t> blocks;
   for (auto l : layers)
@@ -298,7 +298,7 @@ CandidateSet quantize_candidates(const model::Transformer<B>& model, const Q& qu
     require<ArgumentError>(!calibration.empty(),
                            "quantize_candidates: the quantizer reads calibration data, but no "
                            "calibration windows were given");
-    std::vector<model::Window> tokens;
+    std::vector<model::TokenIds> tokens;
     for (const auto& w : calibration) tokens.push_back(w.tokens);
     model::CaptureOptions co;
     co.batch_size = opt.batch_size;

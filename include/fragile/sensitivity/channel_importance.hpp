@@ -26,12 +26,13 @@ class ChannelImportance {
 
   [[nodiscard]] model::CaptureNeeds needs() const noexcept { return {.weight_grad_sq = true}; }
 
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     if (!c.weight_grad_sq) return;
     auto& s = sums_.at(c.layer->index);
     const std::size_t in = c.layer->in_features;
+    const float* f = c.weight_grad_sq.host().data();
     for (std::size_t i = 0; i < c.layer->out_features; ++i)
-      for (std::size_t j = 0; j < in; ++j) s[j] += c.weight_grad_sq[i * in + j];
+      for (std::size_t j = 0; j < in; ++j) s[j] += f[i * in + j];
   }
 
   /// importance_l (in_features), as floats for quant::LayerCapture::with_channel_importance.

@@ -62,6 +62,7 @@ constexpr std::string_view oracle_kind_name(OracleKind k) noexcept {
 /// whole sweep (RestoreOne holds all of them at once).
 using QuantizedWeights = std::function<const MatrixF&(std::size_t linear)>;
 
+template <class B>
 struct OracleOptions {
   /// Names the quantizer setting in result-store keys and in the result ("rtn3g32").
   std::string bits_label;
@@ -79,7 +80,7 @@ struct OracleOptions {
   std::chrono::milliseconds progress_interval = std::chrono::seconds(2);
   /// A reference made from the same model and windows (shared between sweeps); null = make one
   /// when something has to be computed. Its protocol and batching take precedence.
-  const eval::Reference* reference = nullptr;
+  const eval::Reference<B>* reference = nullptr;
 };
 
 /// One evaluation of a modified model.
@@ -194,7 +195,7 @@ inline void check_quantized(const model::LinearInfo& li, const MatrixF& q) {
 template <class B>
 OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
                         std::span<const data::Window> windows, const QuantizedWeights& quantized,
-                        const OracleOptions& opt = {}) {
+                        const OracleOptions<B>& opt = {}) {
   const auto& linears = model.linears();
   require<ArgumentError>(!windows.empty(), "oracle: no windows");
   require<ArgumentError>(opt.batch_size > 0, "oracle: batch_size must be positive");
@@ -257,8 +258,8 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
   res.protocol = protocol;
   res.tokens = tokens;
 
-  std::optional<eval::Reference> own_ref;
-  auto reference = [&]() -> const eval::Reference& {
+  std::optional<eval::Reference<B>> own_ref;
+  auto reference = [&]() -> const eval::Reference<B>& {
     if (opt.reference) return *opt.reference;
     if (!own_ref) {
       own_ref = eval::make_reference(model, windows, {.protocol = protocol, .batch_size = opt.batch_size});
@@ -357,7 +358,7 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
 template <class B>
 OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
                         std::span<const data::Window> windows, std::span<const MatrixF> quantized,
-                        const OracleOptions& opt = {}) {
+                        const OracleOptions<B>& opt = {}) {
   require<ArgumentError>(quantized.size() == model.linears().size(),
                          "oracle: {} quantized weights given, the model has {} linear layers",
                          quantized.size(), model.linears().size());
@@ -369,14 +370,14 @@ OracleResult run_oracle(OracleKind kind, const model::Transformer<B>& model,
 /// V_l(b) for the selected layers: layers + 1 modified evaluations.
 template <class B, class Q>
 OracleResult restore_one(const model::Transformer<B>& model, std::span<const data::Window> windows,
-                         Q&& quantized, const OracleOptions& opt = {}) {
+                         Q&& quantized, const OracleOptions<B>& opt = {}) {
   return run_oracle(OracleKind::kRestoreOne, model, windows, std::forward<Q>(quantized), opt);
 }
 
 /// U_l(b) for the selected layers: `layers` modified evaluations.
 template <class B, class Q>
 OracleResult quantize_one(const model::Transformer<B>& model, std::span<const data::Window> windows,
-                          Q&& quantized, const OracleOptions& opt = {}) {
+                          Q&& quantized, const OracleOptions<B>& opt = {}) {
   return run_oracle(OracleKind::kQuantizeOne, model, windows, std::forward<Q>(quantized), opt);
 }
 

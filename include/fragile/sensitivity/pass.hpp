@@ -13,7 +13,7 @@
 // model's own predictions, the Monte-Carlo true Fisher) or kData (empirical Fisher).
 #pragma once
 
-#include "fragile/backend/cpu.hpp"
+#include "fragile/backend/backend.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/core/tensor.hpp"
 #include "fragile/data/windows.hpp"
@@ -143,8 +143,10 @@ inline std::string kind_name(model::LinearKind k) {
 }  // namespace detail
 
 /// The capture observer behind metric_pass, usable on its own in any capture pass (e.g. beside
-/// a model::HessianAccumulator, so GPTQ's H and the metric sums come from one pass). It sums
-/// over every layer of `linears` that has candidates; weights[i] is linear i's FP weight.
+/// a model::GramAccumulator, so GPTQ's H and the metric sums come from one pass). It sums
+/// over every layer of `linears` that has candidates; weights[i] is linear i's FP weight (host).
+/// The per-token work (dy = x dW^T, the row sums) runs on backend B, in B's memory.
+template <class B>
 class MetricAccumulator {
  public:
   MetricAccumulator(const std::vector<model::LinearInfo>& linears, std::vector<const float*> weights,
@@ -199,7 +201,7 @@ class MetricAccumulator {
             .weight_grad_sq = n.weight_grad_sq};
   }
 
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     require<ArgumentError>(c.layer != nullptr && c.layer->index < slot_.size(),
                            "MetricAccumulator: capture of an unknown layer");
     const std::size_t l = slot_[c.layer->index];
@@ -226,37 +228,39 @@ class MetricAccumulator {
                                .cast<double>().squaredNorm();
 
     const std::size_t T = c.seq_len, S = c.scored_positions, rows = c.rows();
+    const backend::ScoredRows scored{T, S};
     ls.windows += c.windows;
     ls.positions += rows;
     ls.tokens += c.windows * S;
 
     if (n.gradients) {
-      require<ArgumentError>(c.g != nullptr, "metric pass: layer '{}' delivered no gradients",
-                             li.name);
+      require<ArgumentError>(static_cast<bool>(c.g),
+                             "metric pass: layer '{}' delivered no gradients", li.name);
+      const auto s = row_sums(rows, [&](double* dst) {
+        Ops::scored_square_sums(dst, c.g.data(), rows, li.out_features, 0, scored);
+      });
       double g2 = 0.0;
-      for (std::size_t r = 0; r < rows; ++r) {
-        if (r % T >= S) continue;
-        const float* g = c.g + r * li.out_features;
-        double s = 0.0;
-        for (Eigen::Index i = 0; i < out; ++i) s += static_cast<double>(g[i]) * g[i];
-        g2 += s;
-      }
+      for (double v : s) g2 += v;
       ls.g2 += g2;
     }
     if (n.input_power || n.weight_grad_sq) {
       const auto dw2 = dw_.cast<double>().array().square().eval();
       if (n.input_power) {
-        Eigen::Map<const MatrixF> x(c.x, static_cast<Eigen::Index>(rows), in);
-        const Eigen::RowVectorXd power = x.cast<double>().array().square().colwise().sum();
+        require<ArgumentError>(static_cast<bool>(c.x),
+                               "metric pass: layer '{}' delivered no inputs", li.name);
+        const auto power_v = row_sums(li.in_features, [&](double* dst) {
+          Ops::column_square_sums(dst, c.x.data(), rows, li.in_features);
+        });
+        const Eigen::Map<const Eigen::RowVectorXd> power(power_v.data(), in);
         for (std::size_t k = 0; k < K; ++k)
           os[k].input_power +=
               (dw2.middleRows(static_cast<Eigen::Index>(k) * out, out).rowwise() *
                power.array()).sum();
       }
       if (n.weight_grad_sq) {
-        require<ArgumentError>(c.weight_grad_sq != nullptr,
+        require<ArgumentError>(static_cast<bool>(c.weight_grad_sq),
                                "metric pass: layer '{}' delivered no weight gradients", li.name);
-        Eigen::Map<const MatrixF> f(c.weight_grad_sq, out, in);
+        Eigen::Map<const MatrixF> f(c.weight_grad_sq.host().data(), out, in);
         const Eigen::ArrayXXd fd = f.cast<double>().array();
         for (std::size_t k = 0; k < K; ++k)
           os[k].fisher_diag +=
@@ -271,6 +275,32 @@ class MetricAccumulator {
   static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
 
  private:
+  using Ops = backend::Ops<B>;
+  template <class T>
+  using Buffer = typename B::template Buffer<T>;
+
+  /// n doubles written by `kernel` into backend memory, on the host.
+  template <class Kernel>
+  std::vector<double> row_sums(std::size_t n, Kernel&& kernel) {
+    if (sums_.size() < n) sums_ = Buffer<double>(n);
+    kernel(sums_.data());
+    std::vector<double> host(n);
+    Ops::download(host.data(), sums_.data(), n);
+    return host;
+  }
+
+  /// dw_ in backend memory: itself on a host backend, an uploaded copy otherwise.
+  const float* dw_on_backend() {
+    if constexpr (B::memory == backend::Memory::kHost) {
+      return dw_.data();
+    } else {
+      const auto n = static_cast<std::size_t>(dw_.size());
+      if (dw_dev_.size() != n) dw_dev_ = Buffer<float>(n);
+      Ops::upload(dw_dev_.data(), dw_.data(), n);
+      return dw_dev_.data();
+    }
+  }
+
   // A NaN or infinity in a layer's sums (its gradients overflowed in the backward) is named here,
   // with the layer and the sum, rather than after the pass in the statistics.
   void require_finite_sums(const model::LinearInfo& li, const LayerStats& ls,
@@ -292,42 +322,25 @@ class MetricAccumulator {
   }
 
   // sum_t (g.dy)^2, sum_t sum_i (g_i dy_i)^2, sum_t ||dy||^2 for every option, over row chunks.
-  void output_error_sums(const model::LayerCapture& c, std::vector<OptionStats>& os,
+  void output_error_sums(const model::LayerBatch& c, std::vector<OptionStats>& os,
                          std::size_t K, Eigen::Index out, Eigen::Index in) {
+    require<ArgumentError>(c.x && c.g, "metric pass: layer '{}' delivered no inputs or gradients",
+                           c.layer->name);
     const std::size_t T = c.seq_len, S = c.scored_positions, rows = c.rows();
-    const std::size_t width = K * static_cast<std::size_t>(out);
+    const auto o = static_cast<std::size_t>(out), i_ = static_cast<std::size_t>(in);
+    const std::size_t width = K * o;
     const std::size_t chunk = std::clamp<std::size_t>(chunk_floats_ / std::max<std::size_t>(width, 1), 1, rows);
     constexpr std::size_t kSums = 3;
-    std::vector<double> part;
+    const float* dw = dw_on_backend();
+    if (dy_.size() < std::min(chunk, rows) * width) dy_ = Buffer<float>(std::min(chunk, rows) * width);
     for (std::size_t r0 = 0; r0 < rows; r0 += chunk) {
       const std::size_t nr = std::min(chunk, rows - r0);
-      dy_.resize(static_cast<Eigen::Index>(nr), static_cast<Eigen::Index>(width));
-      // The runtime's GEMM: split per thread, not Eigen's spin-synchronised parallel product.
-      backend::Ops<cpu>::gemm(backend::Trans::kN, backend::Trans::kT, nr, width,
-                              static_cast<std::size_t>(in), 1.0f,
-                              c.x + r0 * static_cast<std::size_t>(in), static_cast<std::size_t>(in),
-                              dw_.data(), static_cast<std::size_t>(in), 0.0f, dy_.data(), width);
-      part.assign(nr * K * kSums, 0.0);
-#pragma omp parallel for schedule(static) if (nr * width >= (1u << 15))
-      for (std::size_t i = 0; i < nr; ++i) {
-        const std::size_t r = r0 + i;
-        if (r % T >= S) continue;
-        const float* g = c.g + r * static_cast<std::size_t>(out);
-        for (std::size_t k = 0; k < K; ++k) {
-          const float* d = dy_.data() + i * width + k * static_cast<std::size_t>(out);
-          double dot = 0.0, diag = 0.0, norm = 0.0;
-          for (Eigen::Index j = 0; j < out; ++j) {
-            const double gd = static_cast<double>(g[j]) * d[j];
-            dot += gd;
-            diag += gd * gd;
-            norm += static_cast<double>(d[j]) * d[j];
-          }
-          double* p = part.data() + (i * K + k) * kSums;
-          p[0] = dot * dot;
-          p[1] = diag;
-          p[2] = norm;
-        }
-      }
+      Ops::gemm(backend::Trans::kN, backend::Trans::kT, nr, width, i_, 1.0f,
+                c.x.data() + r0 * i_, i_, dw, i_, 0.0f, dy_.data(), width);
+      const auto part = row_sums(nr * K * kSums, [&](double* dst) {
+        Ops::output_error_partials(dst, c.g.data() + r0 * o, dy_.data(), nr, K, o, r0,
+                                   backend::ScoredRows{T, S});
+      });
       for (std::size_t i = 0; i < nr; ++i)
         for (std::size_t k = 0; k < K; ++k) {
           const double* p = part.data() + (i * K + k) * kSums;
@@ -344,10 +357,12 @@ class MetricAccumulator {
   std::size_t chunk_floats_;
   study::Progress* progress_ = nullptr;
   MetricPassResult r_;
-  MatrixF dw_, dy_;
+  MatrixF dw_;
+  Buffer<float> dw_dev_, dy_;
+  Buffer<double> sums_;
 };
 
-static_assert(model::CaptureObserver<MetricAccumulator>);
+
 
 /// Runs one calibration pass over `calibration` and collects the sums of `opt.needs` for every
 /// layer that has candidates.
@@ -361,7 +376,7 @@ MetricPassResult metric_pass(const model::Transformer<B>& model,
   const auto& linears = model.linears();
   std::vector<const float*> weights;
   for (const auto& li : linears) weights.push_back(model.weight(li.index).data());
-  MetricAccumulator acc(linears, std::move(weights), candidates, opt.needs, opt.row_chunk_floats);
+  MetricAccumulator<B> acc(linears, std::move(weights), candidates, opt.needs, opt.row_chunk_floats);
   MetricPassResult& r = acc.result();
   r.labels = opt.labels;
   model::CaptureOptions co;
@@ -377,7 +392,7 @@ MetricPassResult metric_pass(const model::Transformer<B>& model,
   if (data_free) {
     // Data-free metrics only (weight MSE): one visit per layer, no forward.
     for (std::size_t idx : co.layers) {
-      model::LayerCapture c;
+      model::LayerBatch c;
       c.layer = &linears[idx];
       c.seq_len = 1;
       c.scored_positions = 1;
@@ -385,7 +400,7 @@ MetricPassResult metric_pass(const model::Transformer<B>& model,
     }
     return std::move(r);
   }
-  std::vector<model::Window> tokens;
+  std::vector<model::TokenIds> tokens;
   tokens.reserve(calibration.size());
   for (const auto& w : calibration) tokens.push_back(w.tokens);
   const auto summary = model.capture(tokens, co, acc);

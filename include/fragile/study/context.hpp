@@ -11,6 +11,7 @@
 // opened under another fingerprint refuses to resume (study::open_store names what changed).
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/core/content_hash.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/data/windows.hpp"
@@ -188,7 +189,7 @@ class Context {
                            *opt_.eval_tokens, opt_.seqlen);
     calib_ = data::sample_calibration_windows(calib_ids, *opt_.calib_windows, opt_.seqlen,
                                               opt_.seed);
-    model_ = std::make_unique<model::Transformer<>>(cfg, ckpt_->weights);
+    model_ = std::make_unique<model::Transformer<cpu>>(cfg, ckpt_->weights);
 
     ContentHash weights;
     for (const auto& f : model_files()) weights.file(f);
@@ -208,7 +209,7 @@ class Context {
   [[nodiscard]] const ContextOptions& options() const noexcept { return opt_; }
   [[nodiscard]] const model::ModelConfig& config() const noexcept { return ckpt_->config; }
   [[nodiscard]] const io::Checkpoint& checkpoint() const noexcept { return *ckpt_; }
-  [[nodiscard]] const model::Transformer<>& model() const noexcept { return *model_; }
+  [[nodiscard]] const model::Transformer<cpu>& model() const noexcept { return *model_; }
   [[nodiscard]] const io::AnyTokenizer& tokenizer() const noexcept { return *tok_; }
   [[nodiscard]] std::span<const data::Window> calibration() const noexcept { return calib_; }
   [[nodiscard]] std::span<const data::Window> evaluation() const noexcept { return eval_; }
@@ -265,7 +266,7 @@ class Context {
   ContextOptions opt_;
   std::unique_ptr<io::Checkpoint> ckpt_;
   std::unique_ptr<io::AnyTokenizer> tok_;
-  std::unique_ptr<model::Transformer<>> model_;
+  std::unique_ptr<model::Transformer<cpu>> model_;
   std::vector<data::Window> calib_, eval_;
   std::string fingerprint_, weights_hash_;
 };

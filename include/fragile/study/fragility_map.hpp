@@ -22,6 +22,7 @@
 // back (candidates are re-quantized, deterministically).
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/eval/divergence.hpp"
 #include "fragile/sensitivity/candidates.hpp"
@@ -215,11 +216,11 @@ inline sensitivity::CandidateSet make_candidates(const Context& ctx, const Quant
 }
 
 /// The oracle options every sweep of a study shares.
-inline sensitivity::OracleOptions oracle_options(const Context& ctx, const std::string& label,
+inline sensitivity::OracleOptions<cpu> oracle_options(const Context& ctx, const std::string& label,
                                                  ResultStore* store,
-                                                 const eval::Reference& reference,
+                                                 const eval::Reference<cpu>& reference,
                                                  const Progress::Sink& progress) {
-  sensitivity::OracleOptions oo;
+  sensitivity::OracleOptions<cpu> oo;
   oo.bits_label = label;
   oo.batch_size = ctx.options().batch;
   oo.store = store;
@@ -230,7 +231,7 @@ inline sensitivity::OracleOptions oracle_options(const Context& ctx, const std::
 
 /// Runs the fragility map of `opt.quant` at `opt.bits` on the context's model and data.
 inline MapResult run_map(const Context& ctx, const MapOptions& opt, ResultStore* store,
-                         const eval::Reference& reference) {
+                         const eval::Reference<cpu>& reference) {
   using Clock = std::chrono::steady_clock;
   MapResult r;
   r.quant = opt.quant;

@@ -26,6 +26,7 @@
 // this run's wall times are in `timings`.
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/alloc/block_qp.hpp"
 #include "fragile/alloc/budget.hpp"
 #include "fragile/core/error.hpp"
@@ -182,7 +183,7 @@ struct FirstWindowInputs {
   std::vector<MatrixF> x;  // per linear, (tokens, in)
 
   [[nodiscard]] model::CaptureNeeds needs() const noexcept { return {.x = true}; }
-  void observe(const model::LayerCapture& c) {
+  void observe(const model::LayerBatch& c) {
     if (!c.x || c.first_window >= windows) return;
     const std::size_t keep = std::min(c.windows, windows - c.first_window);
     const auto rows = static_cast<Eigen::Index>(keep * c.seq_len);
@@ -190,7 +191,7 @@ struct FirstWindowInputs {
     MatrixF& m = x.at(c.layer->index);
     const Eigen::Index r0 = m.rows();
     m.conservativeResize(r0 + rows, in);
-    m.bottomRows(rows) = Eigen::Map<const MatrixF>(c.x, rows, in);
+    m.bottomRows(rows) = Eigen::Map<const MatrixF>(c.x.host().data(), rows, in);
   }
 };
 
@@ -212,7 +213,7 @@ using LayerRatio = std::pair<std::size_t, std::size_t>;
 /// `inputs` null for quantizers that read only the weight.
 template <class Split>
 void quantize_splits(SplitSet& out, const std::vector<LayerRatio>& wanted,
-                     const model::Transformer<>& model, Split proto, const RatioSetting& s,
+                     const model::Transformer<cpu>& model, Split proto, const RatioSetting& s,
                      const RatiosOptions& o, const std::vector<std::vector<float>>& importance,
                      const std::vector<MatrixF>* inputs, const std::string& label) {
   std::vector<LayerRatio> jobs;
@@ -268,7 +269,7 @@ inline double elapsed_seconds(std::chrono::steady_clock::time_point t0) {
 /// Runs the study on the context's model: see the header comment. `reference` is the FP model on
 /// ctx.evaluation() (eval::make_reference); `store` (optional) makes the run resumable.
 inline RatiosResult run_ratios(const Context& ctx, const RatiosOptions& opt, ResultStore* store,
-                               const eval::Reference& reference) {
+                               const eval::Reference<cpu>& reference) {
   using Clock = std::chrono::steady_clock;
   check_ratios_options(opt);
   const auto& model = ctx.model();
@@ -289,11 +290,11 @@ inline RatiosResult run_ratios(const Context& ctx, const RatiosOptions& opt, Res
   sensitivity::ChannelImportance fisher(linears);
   detail::FirstWindowInputs inputs{act_windows.size(), std::vector<MatrixF>(L)};
   {
-    std::vector<model::Window> tokens;
+    std::vector<model::TokenIds> tokens;
     for (const auto& w : calib) tokens.push_back(w.tokens);
     model::CaptureOptions co;
     co.batch_size = ctx.options().batch;
-    model.capture(std::span<const model::Window>(tokens), co, fisher, inputs);
+    model.capture(std::span<const model::TokenIds>(tokens), co, fisher, inputs);
   }
   std::vector<std::vector<float>> importance;
   for (std::size_t l = 0; l < L; ++l) importance.push_back(fisher.importance(l));

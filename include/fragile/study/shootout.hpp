@@ -18,6 +18,7 @@
 // reports its achieved average under both.
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/alloc/binary_split.hpp"
 #include "fragile/alloc/budget.hpp"
 #include "fragile/alloc/greedy_marginal.hpp"
@@ -124,7 +125,7 @@ inline double average_bits(const MapResult& map, const std::vector<std::size_t>&
 /// Runs every allocator at every budget over the map's candidates and scores.
 inline ShootoutResult run_shootout(const Context& ctx, const MapResult& map,
                                    const ShootoutOptions& opt, ResultStore* store,
-                                   const eval::Reference& reference) {
+                                   const eval::Reference<cpu>& reference) {
   using Clock = std::chrono::steady_clock;
   require<ArgumentError>(!opt.budgets.empty(), "--budget: no budget given");
   require<ArgumentError>(opt.fraction > 0 && opt.fraction < 1,

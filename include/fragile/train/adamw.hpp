@@ -9,6 +9,7 @@
 //     author={Loshchilov, Ilya and Hutter, Frank}, booktitle={ICLR}, year={2019}}
 #pragma once
 
+#include "fragile/backend/cpu.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/model/transformer.hpp"
 

@@ -82,14 +82,14 @@ struct TrainOptions {
 
 /// The windows of optimiser step `step`: `batch` windows of `seq_len` tokens at offsets drawn
 /// uniformly from Rng(seed).fork(step).
-inline std::vector<model::Window> sample_batch(std::span<const data::TokenId> tokens,
+inline std::vector<model::TokenIds> sample_batch(std::span<const data::TokenId> tokens,
                                                std::size_t seq_len, std::size_t batch,
                                                std::uint64_t seed, std::size_t step) {
   require<ArgumentError>(tokens.size() >= seq_len,
                          "train: the training text has {} tokens, fewer than one window of {}",
                          tokens.size(), seq_len);
   Rng rng = Rng(seed).fork(step);
-  std::vector<model::Window> out(batch);
+  std::vector<model::TokenIds> out(batch);
   for (auto& w : out) {
     const std::size_t off = rng.below(tokens.size() - seq_len + 1);
     w.assign(tokens.begin() + static_cast<std::ptrdiff_t>(off),

@@ -4,17 +4,19 @@
 //   x, y, dy, dx: (N, C)   w, dw: (C)   rstd: (N)
 #pragma once
 
-#include "fragile/backend/cpu.hpp"
+#include "fragile/backend/cpu/memory.hpp"
 
 #include <cmath>
 #include <cstddef>
 
-namespace fragile::model::layers {
+namespace fragile::backend::cpu_kernels {
+
+struct CpuNorm {
 
 /// y = w * x * rstd; writes rstd when non-null.
-inline void rmsnorm_forward(cpu, float* y, float* rstd, const float* x, const float* w,
+static void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w,
                             std::size_t n, std::size_t c, float eps) {
-#pragma omp parallel for schedule(static) if (n * c >= backend::kCpuParallelMin)
+#pragma omp parallel for schedule(static) if (n * c >= kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
@@ -29,10 +31,10 @@ inline void rmsnorm_forward(cpu, float* y, float* rstd, const float* x, const fl
 
 /// dx (+)= d/dx of the norm given dy; dw += sum_rows dy * x * rstd when dw is non-null
 /// (dw accumulation is serial over rows: it is only used by tests and small models).
-inline void rmsnorm_backward(cpu, float* dx, float* dw, const float* dy, const float* x,
+static void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x,
                              const float* w, const float* rstd, std::size_t n, std::size_t c,
                              bool accumulate) {
-#pragma omp parallel for schedule(static) if (n * c >= backend::kCpuParallelMin)
+#pragma omp parallel for schedule(static) if (n * c >= kCpuParallelMin)
   for (std::size_t r = 0; r < n; ++r) {
     const float* xr = x + r * c;
     const float* dyr = dy + r * c;
@@ -51,4 +53,6 @@ inline void rmsnorm_backward(cpu, float* dx, float* dw, const float* dy, const f
       for (std::size_t j = 0; j < c; ++j) dw[j] += dy[r * c + j] * x[r * c + j] * rstd[r];
 }
 
-}  // namespace fragile::model::layers
+};
+
+}  // namespace fragile::backend::cpu_kernels

@@ -5,7 +5,7 @@
 // runs Eigen's vectorised exp. Shapes: gate, up, h, dh, dgate, dup: (N, I), flattened to `count`.
 #pragma once
 
-#include "fragile/backend/cpu.hpp"
+#include "fragile/backend/cpu/gemm.hpp"
 
 #include <Eigen/Core>
 #include <thrust/for_each.h>
@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 
-namespace fragile::model::layers {
+namespace fragile::backend::cpu_kernels {
 
 /// Elements per thrust work item.
 inline constexpr std::size_t kSwigluChunk = 4096;
@@ -55,21 +55,24 @@ struct SwigluBackwardChunk {
   }
 };
 
+struct CpuSwiglu {
 /// h = silu(gate) * up over `count` elements.
-inline void swiglu_forward(cpu, float* h, const float* gate, const float* up, std::size_t count) {
+static void swiglu_forward(float* h, const float* gate, const float* up, std::size_t count) {
   const std::size_t chunks = (count + kSwigluChunk - 1) / kSwigluChunk;
-  thrust::for_each(backend::Ops<cpu>::policy(), thrust::counting_iterator<std::size_t>(0),
+  thrust::for_each(CpuGemm::policy(), thrust::counting_iterator<std::size_t>(0),
                    thrust::counting_iterator<std::size_t>(chunks),
                    SwigluForwardChunk{h, gate, up, count});
 }
 
 /// dgate, dup from dh (all `count` elements; dgate/dup are overwritten).
-inline void swiglu_backward(cpu, float* dgate, float* dup, const float* dh, const float* gate,
+static void swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate,
                             const float* up, std::size_t count) {
   const std::size_t chunks = (count + kSwigluChunk - 1) / kSwigluChunk;
-  thrust::for_each(backend::Ops<cpu>::policy(), thrust::counting_iterator<std::size_t>(0),
+  thrust::for_each(CpuGemm::policy(), thrust::counting_iterator<std::size_t>(0),
                    thrust::counting_iterator<std::size_t>(chunks),
                    SwigluBackwardChunk{dgate, dup, dh, gate, up, count});
 }
 
-}  // namespace fragile::model::layers
+};
+
+}  // namespace fragile::backend::cpu_kernels

@@ -7,7 +7,7 @@
 //   q, dq, out, dout: (B*T, Hq*D)   k, v, dk, dv: (B*T, Hkv*D)   lse: (B, Hq, T)
 #pragma once
 
-#include "fragile/backend/cpu.hpp"
+#include "fragile/backend/cpu/gemm.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -16,31 +16,13 @@
 #include <optional>
 #include <vector>
 
-namespace fragile::model::layers {
-
-using backend::Ops;
-using backend::Trans;
-
-struct AttentionShape {
-  std::size_t batch = 0;
-  std::size_t seq_len = 0;
-  std::size_t heads = 0;
-  std::size_t kv_heads = 0;
-  std::size_t head_dim = 0;
-  std::optional<std::size_t> sliding_window;
-
-  /// First key position query t may see.
-  [[nodiscard]] std::size_t first_key(std::size_t t) const noexcept {
-    if (!sliding_window || *sliding_window == 0 || t + 1 <= *sliding_window) return 0;
-    return t + 1 - *sliding_window;
-  }
-};
+namespace fragile::backend::cpu_kernels {
 
 namespace detail {
-using StridedConst = Eigen::Map<const backend::Ops<cpu>::RowMajor, Eigen::Unaligned,
+using StridedConst = Eigen::Map<const CpuGemm::RowMajor, Eigen::Unaligned,
                                 Eigen::OuterStride<>>;
-using Strided = Eigen::Map<backend::Ops<cpu>::RowMajor, Eigen::Unaligned, Eigen::OuterStride<>>;
-using Dense = Eigen::Map<backend::Ops<cpu>::RowMajor>;
+using Strided = Eigen::Map<CpuGemm::RowMajor, Eigen::Unaligned, Eigen::OuterStride<>>;
+using Dense = Eigen::Map<CpuGemm::RowMajor>;
 
 /// S (T, T) = scale * Q K^T, then the row-wise probabilities P = exp(S - lse) on the visible
 /// keys and 0 elsewhere. When `lse_in` is null, computes lse into `lse_out` first.
@@ -49,7 +31,7 @@ inline void attention_probs(Dense& s, const float* q, std::size_t ldq, const flo
                             std::size_t ldk, float scale, const AttentionShape& sh,
                             const float* lse_in, float* lse_out) {
   const std::size_t T = sh.seq_len;
-  Ops<cpu>::gemm_serial(Trans::kN, Trans::kT, T, T, sh.head_dim, 1.0f, q, ldq, k, ldk, 0.0f,
+  CpuGemm::gemm_serial(Trans::kN, Trans::kT, T, T, sh.head_dim, 1.0f, q, ldq, k, ldk, 0.0f,
                         s.data(), T);
   for (std::size_t t = 0; t < T; ++t) {
     float* row = s.data() + t * T;
@@ -72,15 +54,18 @@ inline void attention_probs(Dense& s, const float* q, std::size_t ldq, const flo
 }
 }  // namespace detail
 
+/// Attention forward and backward on the host: one task per (window, head) or (window, kv head).
+struct CpuAttention {
+
 /// out = softmax(q k^T / sqrt(D) + causal mask) v; lse (B, Hq, T) saved when non-null.
-inline void attention_forward(cpu, float* out, float* lse, const float* q, const float* k,
+static void attention_forward(float* out, float* lse, const float* q, const float* k,
                               const float* v, const AttentionShape& sh) {
   const std::size_t T = sh.seq_len, D = sh.head_dim, H = sh.heads, G = sh.kv_heads;
   const std::size_t qd = H * D, kd = G * D, group = H / G;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
   const std::size_t tasks = sh.batch * H;
-#pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
+#pragma omp parallel if (tasks * T * T * D >= kCpuParallelMin)
   {
     cpu::Buffer<float> scratch(T * T);
     cpu::Buffer<float> lse_local(T);
@@ -93,14 +78,14 @@ inline void attention_forward(cpu, float* out, float* lse, const float* q, const
       detail::Dense s(scratch.data(), I(T), I(T));
       float* lse_row = lse ? lse + (b * H + h) * T : lse_local.data();
       detail::attention_probs(s, qh, qd, kh, kd, scale, sh, nullptr, lse_row);
-      Ops<cpu>::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, scratch.data(), T, vh, kd, 0.0f,
+      CpuGemm::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, scratch.data(), T, vh, kd, 0.0f,
                             out + b * T * qd + h * D, qd);
     }
   }
 }
 
 /// dq (overwritten), dk, dv (overwritten) from dout, given the forward's q, k, v, out and lse.
-inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float* dout,
+static void attention_backward(float* dq, float* dk, float* dv, const float* dout,
                                const float* out, const float* lse, const float* q, const float* k,
                                const float* v, const AttentionShape& sh) {
   const std::size_t T = sh.seq_len, D = sh.head_dim, H = sh.heads, G = sh.kv_heads;
@@ -108,7 +93,7 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const auto I = [](std::size_t x) { return static_cast<Eigen::Index>(x); };
   const std::size_t tasks = sh.batch * G;  // one task per kv head: its dk, dv have one writer
-#pragma omp parallel if (tasks * T * T * D >= backend::kCpuParallelMin)
+#pragma omp parallel if (tasks * T * T * D >= kCpuParallelMin)
   {
     cpu::Buffer<float> p_buf(T * T), dp_buf(T * T), delta(T);
 #pragma omp for schedule(dynamic)
@@ -127,9 +112,9 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
         const float* kh = k + b * T * kd + g * D;
         const float* vh = v + b * T * kd + g * D;
         detail::attention_probs(p, q + off, qd, kh, kd, scale, sh, lse + (b * H + h) * T, nullptr);
-        Ops<cpu>::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, dout + off, qd,
+        CpuGemm::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, dout + off, qd,
                               1.0f, dv + b * T * kd + g * D, kd);
-        Ops<cpu>::gemm_serial(Trans::kN, Trans::kT, T, T, D, 1.0f, dout + off, qd, vh, kd, 0.0f,
+        CpuGemm::gemm_serial(Trans::kN, Trans::kT, T, T, D, 1.0f, dout + off, qd, vh, kd, 0.0f,
                               dp_buf.data(), T);
         for (std::size_t t = 0; t < T; ++t) {
           float dsum = 0.0f;
@@ -142,13 +127,15 @@ inline void attention_backward(cpu, float* dq, float* dk, float* dv, const float
           const float* dpr = dp_buf.data() + t * T;
           for (std::size_t j = 0; j < T; ++j) pr[j] = pr[j] * (dpr[j] - delta[t]) * scale;
         }
-        Ops<cpu>::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, kh, kd, 0.0f,
+        CpuGemm::gemm_serial(Trans::kN, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, kh, kd, 0.0f,
                               dq + off, qd);
-        Ops<cpu>::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, q + off, qd,
+        CpuGemm::gemm_serial(Trans::kT, Trans::kN, T, D, T, 1.0f, p_buf.data(), T, q + off, qd,
                               1.0f, dk + b * T * kd + g * D, kd);
       }
     }
   }
 }
 
-}  // namespace fragile::model::layers
+};
+
+}  // namespace fragile::backend::cpu_kernels
