@@ -5,8 +5,9 @@
 #pragma once
 
 #include <fragile/backend/cpu.hpp>
+#include <fragile/backend/reference.hpp>
 
-#define FRAGILE_TEST_BACKENDS fragile::cpu
+#define FRAGILE_TEST_BACKENDS fragile::cpu, fragile::reference
 
 namespace fragile::test {
 
