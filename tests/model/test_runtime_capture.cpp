@@ -263,7 +263,7 @@ TEMPLATE_TEST_CASE("runtime loading: safetensors f32 and bf16, NaN detection", "
   const auto c = test::tiny_config({.tie = true});
   const auto w = test::tiny_weights(c, {.tie = true});
   const auto shapes = test::tiny_shapes(c);
-  const auto dir = test::scratch_dir("runtime_loading");
+  const auto dir = test::scratch_dir("runtime_loading_" + std::string(TestType::name));
   auto write = [&](const std::filesystem::path& p, DType dt, const model::NamedTensors& t) {
     io::SafetensorsWriter wr;
     for (const auto& [name, v] : t) wr.add(name, dt, shapes.at(name), v);

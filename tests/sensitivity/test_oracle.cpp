@@ -259,7 +259,7 @@ TEMPLATE_TEST_CASE("oracle: resume from a result store", "[sensitivity][oracle][
   const auto windows = tiny_windows(m.config().vocab_size);
   const auto q = rtn_all(m, 2, 8);
   const std::size_t L = m.linears().size();
-  const auto dir = test::scratch_dir("oracle_resume");
+  const auto dir = test::scratch_dir("oracle_resume_" + std::string(TestType::name));
   const auto reference = sensitivity::restore_one(m, windows, std::span<const MatrixF>(q), quiet<TestType>());
 
   SECTION("a complete store: nothing recomputed, identical results") {
@@ -371,7 +371,7 @@ TEMPLATE_TEST_CASE("oracle: bad input is refused with a clear message", "[sensit
                     NumericError);
   }
   {
-    const auto path = test::scratch_dir("oracle_errors") / "store.jsonl";
+    const auto path = test::scratch_dir("oracle_errors_" + std::string(TestType::name)) / "store.jsonl";
     std::filesystem::remove(path);
     study::ResultStore store(path, "x");
     auto o = quiet<TestType>("");

@@ -47,6 +47,7 @@ struct WindowScores {
 
 struct WindowScoreOptions {
   std::size_t batch_size = 1;     ///< windows per forward (consecutive windows of one length)
+  bool kl = true;                 ///< with a reference: KL and top-1 too (else only its targets are checked)
   bool keep_token_kl = false;
   const char* what = "evaluation";  ///< the caller's name, for error messages
 };
@@ -73,8 +74,9 @@ using Buf = typename B::template Buffer<T>;
 
 }  // namespace detail
 
-/// Runs `model` (with `overrides`, may be null) over `windows`. With `reference`, also sums the
-/// KL divergence from it and the top-1 agreement with it (the windows must be the reference's).
+/// Runs `model` (with `overrides`, may be null) over `windows`. With `reference` (made from the
+/// same windows, whose targets are checked against its own), also sums the KL divergence from it
+/// and the top-1 agreement with it unless opt.kl is off.
 /// With `keep`, stores this model's scored hidden states and targets there (a reference for
 /// later calls).
 template <class B>
@@ -115,7 +117,8 @@ WindowScores score_windows(const model::Transformer<B>& model,
   detail::Buf<B, float> lq(chunk * V), lse_q(chunk), lp, lse_p, kl;
   detail::Buf<B, std::int32_t> arg_q(chunk), arg_p, targets_dev(chunk);
   detail::Buf<B, double> nll(chunk);
-  if (reference) {
+  const bool kl_wanted = reference && opt.kl;
+  if (kl_wanted) {
     lp = detail::Buf<B, float>(chunk * V);
     lse_p = detail::Buf<B, float>(chunk);
     kl = detail::Buf<B, float>(chunk);
@@ -167,7 +170,7 @@ WindowScores score_windows(const model::Transformer<B>& model,
       Ops::row_nll(nll.data(), lq.data(), lse_q.data(), targets_dev.data(), n, V);
       Ops::download(h_nll.data(), nll.data(), n);
       for (std::size_t i = 0; i < n; ++i) s.window_nll_sum[row_window[r0 + i]] += h_nll[i];
-      if (!reference) continue;
+      if (!kl_wanted) continue;
       head.logits(reference->hidden.data() + (g0 + r0) * C, n, lp.data());
       Ops::logsumexp_rows(lse_p.data(), arg_p.data(), lp.data(), n, V);
       Ops::kl_rows(kl.data(), lp.data(), lse_p.data(), lq.data(), lse_q.data(), n, V);

@@ -30,6 +30,16 @@ struct LmHead {
   const float* weight;  ///< (vocab, hidden) in backend memory
   std::size_t hidden, vocab, chunk;
 
+  /// labels[r] of rows [r0, r0 + n) of a batch of windows of `seq_len` tokens packed in `ids`:
+  /// the next token, or -1 for a window's last position (it has none).
+  static void next_token_labels(std::vector<std::int32_t>& labels,
+                                const std::vector<std::int32_t>& ids, std::size_t r0,
+                                std::size_t n, std::size_t seq_len) {
+    labels.assign(n, -1);
+    for (std::size_t r = 0; r < n; ++r)
+      if ((r0 + r) % seq_len + 1 < seq_len) labels[r] = ids[r0 + r + 1];
+  }
+
   /// logits (rows, V) = hidden (rows, C) W_head^T.
   void logits(const float* h, std::size_t rows, float* out) const {
     Linear<B>::forward(out, h, weight, nullptr, rows, hidden, vocab);
@@ -62,15 +72,13 @@ struct LmHead {
     const std::size_t c = std::max<std::size_t>(1, chunk);
     Buffer<std::int32_t> labels(std::min(c, rows));
     Buffer<float> scales(std::min(c, rows));
+    Ops::fill(scales.data(), scales.size(), scale);  // every token's loss weighs the same
     Buffer<double> nll(std::min(c, rows));
     std::vector<std::int32_t> host_labels;
-    std::vector<float> host_scales;
     std::vector<double> host_nll;
     for_each_chunk(h, rows, [&](std::size_t r0, std::size_t n, float* lg, const float* lse) {
       if (source == LabelSource::kData) {
-        host_labels.assign(n, -1);
-        for (std::size_t r = 0; r < n; ++r)
-          if ((r0 + r) % T + 1 < T) host_labels[r] = ids[r0 + r + 1];
+        next_token_labels(host_labels, ids, r0, n, T);
         Ops::upload(labels.data(), host_labels.data(), n);
       } else {
         // Row r0 + r is position (r0 + r) % T of window first_window + (r0 + r) / T: its stream
@@ -81,8 +89,6 @@ struct LmHead {
       host_nll.resize(n);
       Ops::download(host_nll.data(), nll.data(), n);
       for (std::size_t r = 0; r < n; ++r) window_nll[(r0 + r) / T] += host_nll[r];
-      host_scales.assign(n, scale);
-      Ops::upload(scales.data(), host_scales.data(), n);
       Ops::cross_entropy_backward_rows(lg, lse, labels.data(), scales.data(), n, vocab);
       if (dweight) Linear<B>::backward_weight(dweight, lg, h + r0 * hidden, n, hidden, vocab, true);
       Linear<B>::backward_input(dhidden + r0 * hidden, lg, weight, n, hidden, vocab, false);

@@ -193,9 +193,7 @@ class Transformer {
     std::vector<double> host_row;
     head.for_each_chunk(hidden.data(), rows, [&](std::size_t r0, std::size_t n, float* logits,
                                                  const float* lse) {
-      host_labels.assign(n, -1);
-      for (std::size_t r = 0; r < n; ++r)
-        if ((r0 + r) % T + 1 < T) host_labels[r] = p.ids[r0 + r + 1];
+      LmHead<B>::next_token_labels(host_labels, p.ids, r0, n, T);
       Ops::upload(labels.data(), host_labels.data(), n);
       Ops::row_nll(row.data(), logits, lse, labels.data(), n, vocab());
       host_row.resize(n);
@@ -552,11 +550,12 @@ class Transformer {
   }
 
   /// What the backward needs from the forward: each block's activations, the last residual
-  /// stream and its rstd under the final norm.
+  /// stream and its rstd under the final norm, the ids and the rotary tables.
   struct Saved {
     std::vector<BlockActivations<B>> blocks;
     Buffer<float> x_last, rstd_last;
     Buffer<std::int32_t> ids;
+    RopeTables<B> rope;
   };
 
   /// Runs the blocks and the final norm; returns the final hidden states (N, C). With `saved`,
@@ -568,7 +567,7 @@ class Transformer {
                            "Transformer: weight overrides were made for another model");
     const std::size_t nb = p.windows, T = p.seq_len, N = nb * T, C = config_.hidden_size;
     const std::size_t L = config_.num_hidden_layers;
-    const auto rope = rope_tables(T);
+    auto rope = rope_tables(T);
     Buffer<std::int32_t> ids;
     Buffer<float> x = embed(p, ids);
     BlockActivations<B> scratch;
@@ -588,6 +587,7 @@ class Transformer {
     if (saved) {
       saved->x_last = std::move(x);
       saved->ids = std::move(ids);
+      saved->rope = std::move(rope);
     }
     return out;
   }
@@ -621,7 +621,6 @@ class Transformer {
     Ops::rmsnorm_backward(dx.data(), pg ? pg->of(final_norm_) : nullptr, dhidden.data(),
                           saved.x_last.data(), final_norm_.data(), saved.rstd_last.data(), N, C,
                           false);
-    const auto rope = rope_tables(T);
     typename Block<B>::Scratch scratch(block_shape(0, nb, T));
     std::vector<Buffer<float>> staging;
     for (std::size_t i = L; i-- > 0;) {
@@ -629,7 +628,7 @@ class Transformer {
       const BlockLinears lin = block_linears(i, ov, staging);
       const typename Block<B>::NormGrads ng{pg ? pg->of(blocks_[i].attn_norm) : nullptr,
                                             pg ? pg->of(blocks_[i].mlp_norm) : nullptr};
-      Block<B>::backward(blocks_[i], lin, block_shape(i, nb, T), rope, dx.data(),
+      Block<B>::backward(blocks_[i], lin, block_shape(i, nb, T), saved.rope, dx.data(),
                          saved.blocks[i], scratch, ng,
                          [&](LinearKind k, const float* x, const float* g) {
                            deliver(registry_.at(i, k), x, g);

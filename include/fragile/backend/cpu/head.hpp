@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fragile/backend/cpu/memory.hpp"
+#include "fragile/backend/label_draw.hpp"
 #include "fragile/core/rng.hpp"
 #include "fragile/core/error.hpp"
 
@@ -108,19 +109,7 @@ static void cross_entropy_backward_rows(float* logits, const float* lse,
 #pragma omp parallel for schedule(static) if (rows * vocab >= kCpuParallelMin)
     for (std::size_t r = 0; r < rows; ++r) {
       Rng rng = base.fork(stream0 + r);
-      const float* lr = logits + r * vocab;
-      const double u = rng.uniform();
-      double acc = 0.0, total = 0.0;
-      for (std::size_t j = 0; j < vocab; ++j) total += std::exp(static_cast<double>(lr[j] - lse[r]));
-      std::size_t pick = vocab - 1;
-      for (std::size_t j = 0; j < vocab; ++j) {
-        acc += std::exp(static_cast<double>(lr[j] - lse[r]));
-        if (u * total < acc) {
-          pick = j;
-          break;
-        }
-      }
-      labels[r] = static_cast<std::int32_t>(pick);
+      labels[r] = draw_label(logits + r * vocab, lse[r], vocab, rng.uniform());
     }
   }
 };

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "fragile/backend/backend.hpp"
+#include "fragile/backend/label_draw.hpp"
 #include "fragile/core/error.hpp"
 #include "fragile/core/rng.hpp"
 
@@ -307,19 +308,7 @@ struct Ops<reference> {
     const Rng base(seed);
     for (std::size_t r = 0; r < rows; ++r) {
       Rng rng = base.fork(stream0 + r);
-      const double u = rng.uniform();
-      double total = 0.0, acc = 0.0;
-      for (std::size_t j = 0; j < vocab; ++j)
-        total += std::exp(static_cast<double>(logits[r * vocab + j] - lse[r]));
-      std::size_t pick = vocab - 1;
-      for (std::size_t j = 0; j < vocab; ++j) {
-        acc += std::exp(static_cast<double>(logits[r * vocab + j] - lse[r]));
-        if (u * total < acc) {
-          pick = j;
-          break;
-        }
-      }
-      labels[r] = static_cast<std::int32_t>(pick);
+      labels[r] = draw_label(logits + r * vocab, lse[r], vocab, rng.uniform());
     }
   }
 
