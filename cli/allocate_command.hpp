@@ -58,7 +58,7 @@ inline int run_allocate(const AllocateArgs& a) {
   map.scores = study::metric_scores(ctx, map.candidates, study::metrics_key(quant, bits), &store,
                                     a.study.progress(), timings);
   for (const auto& li : ctx.model().linears())
-    map.layers.push_back({li.name, li.block, std::string(model::linear_suffix(li.kind)),
+    map.layers.push_back({li.name, li.block, li.kind,
                           li.parameters()});
   const auto accounting = a.accounting == "exact" ? study::BudgetAccounting::kExact
                                                   : study::BudgetAccounting::kPaper;

@@ -11,6 +11,7 @@
 #include <fragile/alloc/greedy_marginal.hpp>
 #include <fragile/alloc/mckp.hpp>
 #include <fragile/core/rng.hpp>
+#include <fragile/model/config.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -22,26 +23,23 @@ namespace {
 using fragile::sensitivity::BlockMatrix;
 using fragile::sensitivity::SensitivityTable;
 
+using fragile::model::LinearKind;
+
 struct Linear {
-  const char* kind;
+  LinearKind kind;
   std::uint64_t out, in;
 };
-constexpr std::array<Linear, 7> kLlama7B{{{"q_proj", 4096, 4096},
-                                          {"k_proj", 4096, 4096},
-                                          {"v_proj", 4096, 4096},
-                                          {"o_proj", 4096, 4096},
-                                          {"gate_proj", 11008, 4096},
-                                          {"up_proj", 11008, 4096},
-                                          {"down_proj", 4096, 11008}}};
+constexpr std::array<Linear, 7> kLlama7B{{{LinearKind::kQ, 4096, 4096},
+                                          {LinearKind::kK, 4096, 4096},
+                                          {LinearKind::kV, 4096, 4096},
+                                          {LinearKind::kO, 4096, 4096},
+                                          {LinearKind::kGate, 11008, 4096},
+                                          {LinearKind::kUp, 11008, 4096},
+                                          {LinearKind::kDown, 4096, 11008}}};
 constexpr std::uint64_t kGroup = 128;
 
 std::uint64_t groups(std::uint64_t out, std::uint64_t cols) {
   return out * ((cols + kGroup - 1) / kGroup);
-}
-
-std::string layer_name(std::size_t b, const char* kind) {
-  const bool attn = kind[0] == 'q' || kind[0] == 'k' || kind[0] == 'v' || kind[0] == 'o';
-  return fmt::format("model.layers.{}.{}.{}", b, attn ? "self_attn" : "mlp", kind);
 }
 
 SensitivityTable bits_table(std::size_t blocks) {
@@ -50,7 +48,7 @@ SensitivityTable bits_table(std::size_t blocks) {
   for (std::size_t b = 0; b < blocks; ++b)
     for (const auto& lin : kLlama7B) {
       const std::uint64_t n = lin.out * lin.in;
-      const auto l = t.add_layer({layer_name(b, lin.kind), b, lin.kind, n});
+      const auto l = t.add_layer({fragile::model::linear_name(b, lin.kind), b, lin.kind, n});
       const double a = std::exp(rng.normal(0.0, 1.0));
       for (std::uint64_t bits = 2; bits <= 6; ++bits) {
         const std::uint64_t cost = n * bits + groups(lin.out, lin.in) * (16 + bits);
@@ -68,7 +66,7 @@ SensitivityTable ratio_table(std::size_t blocks) {
   SensitivityTable t("reconstruction_loss");
   for (std::size_t b = 0; b < blocks; ++b)
     for (const auto& lin : kLlama7B) {
-      const auto l = t.add_layer({layer_name(b, lin.kind), b, lin.kind, lin.out * lin.in});
+      const auto l = t.add_layer({fragile::model::linear_name(b, lin.kind), b, lin.kind, lin.out * lin.in});
       for (double r : kRatios) {
         const auto h = static_cast<std::uint64_t>(std::llround(r * static_cast<double>(lin.in)));
         const std::uint64_t cost = lin.out * h * 3 + lin.out * (lin.in - h) * 2 +

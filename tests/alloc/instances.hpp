@@ -37,7 +37,7 @@ inline SensitivityTable random_table(Rng& rng, const InstanceShape& s) {
     for (std::size_t i = 0; i < s.layers_per_block; ++i) {
       const std::uint64_t params = 64 * (1 + rng.below(16));
       const std::size_t l =
-          t.add_layer({fmt::format("model.layers.{}.l{}", b, i), b, fmt::format("l{}", i), params});
+          t.add_layer({fmt::format("model.layers.{}.l{}", b, i), b, fragile::model::kAllLinearKinds[i % 7], params});
       const std::size_t n = s.min_options + rng.below(s.max_options - s.min_options + 1);
       for (std::size_t o = 0; o < n; ++o) {
         const std::uint64_t bits = s.equal_costs ? 2 + rng.below(2) : 2 + rng.below(7);

@@ -84,7 +84,7 @@ TEST_CASE("MCKP and greedy on adversarial instances", "[alloc][mckp]") {
   SECTION("zero-gain and worse-but-costlier options") {
     SensitivityTable t("s");
     for (int l = 0; l < 4; ++l) {
-      const auto i = t.add_layer({fmt::format("l{}", l), 0, "k", 100});
+      const auto i = t.add_layer({fmt::format("l{}", l), 0, fragile::model::LinearKind::kQ, 100});
       t.add_option(i, {"2", 2, 200, 3.0});
       t.add_option(i, {"3", 3, 300, 3.0});  // zero gain
       t.add_option(i, {"4", 4, 400, 4.0});  // worse and costlier
@@ -100,8 +100,8 @@ TEST_CASE("MCKP and greedy on adversarial instances", "[alloc][mckp]") {
 TEST_CASE("GreedyMarginal jumps over a non-convex option and breaks ties deterministically",
           "[alloc][greedy]") {
   SensitivityTable t("D_l");
-  const auto a = t.add_layer({"a", 0, "k", 100});
-  const auto b = t.add_layer({"b", 0, "k", 100});
+  const auto a = t.add_layer({"a", 0, fragile::model::LinearKind::kQ, 100});
+  const auto b = t.add_layer({"b", 0, fragile::model::LinearKind::kQ, 100});
   t.add_option(a, {"2", 2, 200, 10.0});
   t.add_option(a, {"3", 3, 300, 9.5});  // small gain: next-step greedy would stall here
   t.add_option(a, {"4", 4, 400, 2.0});  // big gain over two steps
@@ -115,7 +115,7 @@ TEST_CASE("GreedyMarginal jumps over a non-convex option and breaks ties determi
   // Equal ratios and gains: the lower layer index wins.
   SensitivityTable tie("s");
   for (int l = 0; l < 3; ++l) {
-    const auto i = tie.add_layer({fmt::format("t{}", l), 0, "k", 10});
+    const auto i = tie.add_layer({fmt::format("t{}", l), 0, fragile::model::LinearKind::kQ, 10});
     tie.add_option(i, {"lo", 2, 20, 5.0});
     tie.add_option(i, {"hi", 4, 40, 1.0});
   }
@@ -156,7 +156,7 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
   SensitivityTable t("D_l");
   for (int l = 0; l < 5; ++l) {
     const auto i = t.add_layer(
-        {fmt::format("model.layers.{}.mlp.down_proj", l), std::size_t(l), "down_proj", 100});
+        {fmt::format("model.layers.{}.mlp.down_proj", l), std::size_t(l), fragile::model::LinearKind::kDown, 100});
     for (int b = 2; b <= 4; ++b)
       t.add_option(i, {fmt::format("{}bit", b), double(b), 100u * b, 1.0 / b});
   }
@@ -213,7 +213,7 @@ TEST_CASE("BinarySplit follows paper 000's shootout and its documented adjustmen
       std::vector<double> metric;
       for (int l = 0; l < 12; ++l) {
         const std::uint64_t p = 64 * (1 + rng.below(8));
-        const auto i = r.add_layer({fmt::format("l{}", l), 0, "k", p});
+        const auto i = r.add_layer({fmt::format("l{}", l), 0, fragile::model::LinearKind::kQ, p});
         for (int b = 2; b <= 5; ++b)
           r.add_option(i, {fmt::format("{}", b), double(b), p * b + 16, rng.uniform()});
         metric.push_back(static_cast<double>(rng.below(4)));  // ties in the ranking
@@ -241,7 +241,7 @@ TEST_CASE("Llama-2-7B-sized table: MCKP <= greedy, greedy's LP bound <= MCKP", "
   for (std::size_t b = 0; b < 32; ++b)
     for (const auto& [out, in] : shapes) {
       const std::uint64_t n = out * in;
-      const auto l = t.add_layer({fmt::format("model.layers.{}.x", b), b, "x", n});
+      const auto l = t.add_layer({fmt::format("model.layers.{}.x", b), b, fragile::model::LinearKind::kQ, n});
       const double a = std::exp(rng.normal());
       for (std::uint64_t bits = 2; bits <= 6; ++bits)
         t.add_option(l, {fmt::format("{}bit", bits), double(bits),

@@ -74,8 +74,8 @@ TEST_CASE("BlockQP on adversarial instances", "[alloc][blockqp]") {
   SECTION("interaction flips the additive choice") {
     // Two layers in one block; alone each prefers its 4-bit option, together those clash.
     SensitivityTable t("loss");
-    const auto a = t.add_layer({"model.layers.0.self_attn.q_proj", 0, "q_proj", 10});
-    const auto b = t.add_layer({"model.layers.0.self_attn.k_proj", 0, "k_proj", 10});
+    const auto a = t.add_layer({"model.layers.0.self_attn.q_proj", 0, fragile::model::LinearKind::kQ, 10});
+    const auto b = t.add_layer({"model.layers.0.self_attn.k_proj", 0, fragile::model::LinearKind::kK, 10});
     for (auto l : {a, b}) {
       t.add_option(l, {"r=0.02", 0.02, 30, std::nullopt});
       t.add_option(l, {"r=0.2", 0.2, 40, std::nullopt});
@@ -144,7 +144,7 @@ TEST_CASE("MBuilder recovers a known M from a quadratic loss", "[alloc][mbuilder
   const auto P = static_cast<Eigen::Index>(blocks * per_block * coords_per_layer);
   for (std::size_t b = 0; b < blocks; ++b)
     for (std::size_t i = 0; i < per_block; ++i) {
-      const auto l = t.add_layer({fmt::format("model.layers.{}.x{}", b, i), b, "x", 100});
+      const auto l = t.add_layer({fmt::format("model.layers.{}.x{}", b, i), b, fragile::model::LinearKind::kQ, 100});
       delta.emplace_back();
       const std::size_t n = 2 + rng.below(3);
       for (std::size_t o = 0; o < n; ++o) {
@@ -190,7 +190,7 @@ TEST_CASE("MBuilder recovers a known M from a quadratic loss", "[alloc][mbuilder
       SensitivityTable s("x");
       for (std::size_t b = 0; b < nblocks; ++b)
         for (int i = 0; i < 7; ++i) {
-          const auto l = s.add_layer({fmt::format("{}.{}", b, i), b, "k", 1});
+          const auto l = s.add_layer({fmt::format("{}.{}", b, i), b, fragile::model::LinearKind::kQ, 1});
           for (double ratio : {0.02, 0.05, 0.1, 0.15, 0.2}) s.add_option(l, {"r", ratio, 1, 0.0});
         }
       return s;

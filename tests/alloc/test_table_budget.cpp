@@ -18,8 +18,8 @@ using Catch::Matchers::Contains;
 namespace {
 SensitivityTable two_layer_table() {
   SensitivityTable t("D_l");
-  const auto a = t.add_layer({"model.layers.0.self_attn.q_proj", 0, "q_proj", 100});
-  const auto b = t.add_layer({"model.layers.0.mlp.down_proj", 0, "down_proj", 300});
+  const auto a = t.add_layer({"model.layers.0.self_attn.q_proj", 0, fragile::model::LinearKind::kQ, 100});
+  const auto b = t.add_layer({"model.layers.0.mlp.down_proj", 0, fragile::model::LinearKind::kDown, 300});
   t.add_option(a, {"2bit", 2, 200, 5.0});
   t.add_option(a, {"4bit", 4, 400, 1.0});
   t.add_option(b, {"2bit", 2, 600, 9.0});
@@ -52,13 +52,13 @@ TEST_CASE("SensitivityTable validation names the layer and option", "[alloc][tab
   }
   SECTION("layer without options") {
     auto t = two_layer_table();
-    t.add_layer({"model.layers.1.mlp.up_proj", 1, "up_proj", 10});
+    t.add_layer({"model.layers.1.mlp.up_proj", 1, fragile::model::LinearKind::kUp, 10});
     CHECK_THROWS_WITH(t.validate(),
                       Contains("model.layers.1.mlp.up_proj") && Contains("no options"));
   }
   SECTION("non-positive parameter count") {
     SensitivityTable t;
-    const auto l = t.add_layer({"model.layers.0.mlp.gate_proj", 0, "gate_proj", 0});
+    const auto l = t.add_layer({"model.layers.0.mlp.gate_proj", 0, fragile::model::LinearKind::kGate, 0});
     t.add_option(l, {"3bit", 3, 0, 1.0});
     CHECK_THROWS_WITH(t.validate(), Contains("gate_proj") && Contains("parameter count 0"));
   }
@@ -119,7 +119,7 @@ TEST_CASE("SensitivityTable JSON round trip", "[alloc][table]") {
 TEST_CASE("BlockMatrix rejects malformed M", "[alloc][table]") {
   auto t = two_layer_table();
   SensitivityTable other("other");
-  const auto l = other.add_layer({"model.layers.5.x", 5, "x", 10});
+  const auto l = other.add_layer({"model.layers.5.x", 5, fragile::model::LinearKind::kQ, 10});
   other.add_option(l, {"a", 1, 10, 0.0});
   auto m = BlockMatrix::zeros(t);
   SECTION("non-symmetric") {
@@ -135,7 +135,7 @@ TEST_CASE("BlockMatrix rejects malformed M", "[alloc][table]") {
   SECTION("shape mismatch") { CHECK_THROWS_AS(m.validate(other), ConfigError); }
   SECTION("cross-block set") {
     auto t2 = two_layer_table();
-    const auto c = t2.add_layer({"model.layers.1.x", 1, "x", 10});
+    const auto c = t2.add_layer({"model.layers.1.x", 1, fragile::model::LinearKind::kQ, 10});
     t2.add_option(c, {"a", 1, 10, 0.0});
     auto m2 = BlockMatrix::zeros(t2);
     CHECK(m2.num_blocks() == 2);

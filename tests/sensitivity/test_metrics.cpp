@@ -313,8 +313,8 @@ TEMPLATE_TEST_CASE("metrics: 2 KL(FP || perturbed) approaches 2 S^2 D_l with mod
   const auto windows = as_data_windows(rep);
   const std::size_t last = cfg.num_hidden_layers - 1;
   for (auto kind : {model::LinearKind::kDown, model::LinearKind::kO}) {
-    const std::size_t l = last * 7 + static_cast<std::size_t>(kind);
-    const auto& li = m.linears()[l];
+    const auto& li = m.registry().at(last, kind);
+    const std::size_t l = li.index;
     INFO(li.name);
     Eigen::Map<const MatrixF> w(m.weight(l).data(), Eigen::Index(li.out_features), Eigen::Index(li.in_features));
     const MatrixF dir = random_matrix(w.rows(), w.cols(), 77) * (w.cwiseAbs().mean());

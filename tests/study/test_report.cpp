@@ -439,7 +439,7 @@ TEST_CASE("report: plot scripts", "[report]") {
   doc["map"]["layers"][0]["U_kl"] = 0.0;      // omitted from the log-log plot, and counted
   doc["map"]["layers"][1]["U_kl"] = nullptr;  // no value
   std::swap(doc["map"]["layers"][0], doc["map"]["layers"][6]);  // kinds out of order
-  doc["map"]["layers"][13]["kind"] = "lm_head";
+  doc["map"]["layers"][13]["kind"] = "mlp.down_proj";  // the suffix form of older results
   const auto plots = fragile::study::report_plots(fragile::study::read_report_data(doc));
   auto script = [&](const std::string& file) {
     for (const auto& p : plots)
@@ -455,11 +455,19 @@ TEST_CASE("report: plot scripts", "[report]") {
   CHECK(script("d_vs_ukl.svg").find("title \"12 layers\"") != std::string::npos);
   CHECK(script("fragility_heatmap.svg")
             .find("set xtics (\"q_proj\" 0, \"k_proj\" 1, \"v_proj\" 2, \"o_proj\" 3, "
-                  "\"gate_proj\" 4, \"up_proj\" 5, \"down_proj\" 6, \"lm_head\" 7)") !=
+                  "\"gate_proj\" 4, \"up_proj\" 5, \"down_proj\" 6)\n") !=
         std::string::npos);
   CHECK(script("shootout_ppl.svg").find("title \"Fisher-gated: protect 20% at b+1 (no demotion)\"")
         != std::string::npos);
   CHECK(script("v_distribution.svg").find("title \"V_l < 0 (2 layers)\"") != std::string::npos);
+}
+
+TEST_CASE("report: a layer kind that is not a linear kind is refused by name", "[report]") {
+  auto doc = synthetic_results();
+  doc["map"]["layers"][3]["kind"] = "lm_head";
+  CHECK_THROWS_WITH(fragile::study::read_report_data(doc),
+                    Catch::Contains("'map.layers[3].kind' is 'lm_head'") &&
+                        Catch::Contains("expected one of q_proj"));
 }
 
 TEST_CASE("report: TextTable renders CSV, Markdown and HTML", "[report]") {

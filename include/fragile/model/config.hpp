@@ -5,6 +5,7 @@
 #include "fragile/backend/backend.hpp"
 #include "fragile/core/dtype.hpp"
 #include "fragile/core/error.hpp"
+#include "fragile/model/linear_kind.hpp"
 
 #include <cstddef>
 #include <optional>
@@ -127,28 +128,6 @@ struct ModelConfig {
                          num_attention_heads, num_key_value_heads, head_dim, vocab_size);
   }
 };
-
-/// The seven linear layers of a block, in HF order.
-enum class LinearKind { kQ, kK, kV, kO, kGate, kUp, kDown };
-
-inline constexpr LinearKind kAllLinearKinds[] = {LinearKind::kQ,    LinearKind::kK,
-                                                 LinearKind::kV,    LinearKind::kO,
-                                                 LinearKind::kGate, LinearKind::kUp,
-                                                 LinearKind::kDown};
-
-/// "self_attn.q_proj", ..., "mlp.down_proj".
-constexpr std::string_view linear_suffix(LinearKind k) noexcept {
-  switch (k) {
-    case LinearKind::kQ: return "self_attn.q_proj";
-    case LinearKind::kK: return "self_attn.k_proj";
-    case LinearKind::kV: return "self_attn.v_proj";
-    case LinearKind::kO: return "self_attn.o_proj";
-    case LinearKind::kGate: return "mlp.gate_proj";
-    case LinearKind::kUp: return "mlp.up_proj";
-    case LinearKind::kDown: return "mlp.down_proj";
-  }
-  return "?";
-}
 
 /// HF module name of a block's linear layer, e.g. "model.layers.3.mlp.up_proj".
 inline std::string linear_name(std::size_t block, LinearKind k) {

@@ -108,7 +108,7 @@ class MetricPassResult {
                      {"input_power", q.input_power}, {"fisher_diag", q.fisher_diag}});
       }
       ls.push_back({{"name", layers[l].name}, {"block", layers[l].block},
-                    {"kind", layers[l].kind}, {"parameters", s.parameters},
+                    {"kind", model::linear_kind_name(layers[l].kind)}, {"parameters", s.parameters},
                     {"tokens", s.tokens}, {"positions", s.positions}, {"windows", s.windows},
                     {"g2", s.g2}, {"options", o}});
     }
@@ -131,16 +131,6 @@ class MetricPassResult {
                          M::name, M::name);
   }
 };
-
-namespace detail {
-
-/// "q_proj", ..., "down_proj".
-inline std::string kind_name(model::LinearKind k) {
-  const std::string_view s = model::linear_suffix(k);
-  return std::string(s.substr(s.find('.') + 1));
-}
-
-}  // namespace detail
 
 /// The capture observer behind metric_pass, usable on its own in any capture pass (e.g. beside
 /// a model::GramAccumulator, so GPTQ's H and the metric sums come from one pass). It sums
@@ -167,7 +157,7 @@ class MetricAccumulator {
       require<ArgumentError>(weights_[li.index] != nullptr, "MetricAccumulator: no weight for '{}'",
                              li.name);
       slot_[li.index] = r_.layers.size();
-      r_.layers.push_back(LayerInfo{li.name, li.block, detail::kind_name(li.kind), li.parameters()});
+      r_.layers.push_back(LayerInfo{li.name, li.block, li.kind, li.parameters()});
       r_.linear_index.push_back(li.index);
       std::vector<std::uint64_t> costs;
       for (std::size_t k = 0; k < candidates.options(); ++k) {

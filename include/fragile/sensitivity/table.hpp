@@ -11,6 +11,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/model/linear_kind.hpp"
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
@@ -32,7 +33,7 @@ namespace fragile::sensitivity {
 struct LayerInfo {
   std::string name;              ///< HF name, e.g. "model.layers.3.mlp.down_proj"
   std::size_t block = 0;         ///< transformer block index
-  std::string kind;              ///< "q_proj", "down_proj", ...
+  model::LinearKind kind = model::LinearKind::kQ;
   std::uint64_t parameters = 0;  ///< weight count (out * in)
 };
 
@@ -393,7 +394,7 @@ inline void to_json(nlohmann::json& j, const SensitivityTable& t) {
     }
     layers.push_back({{"name", info.name},
                       {"block", info.block},
-                      {"kind", info.kind},
+                      {"kind", model::linear_kind_name(info.kind)},
                       {"parameters", info.parameters},
                       {"options", std::move(opts)}});
   }
@@ -454,7 +455,13 @@ inline void from_json(const nlohmann::json& j, SensitivityTable& t) {
       return x.get<std::uint64_t>();
     };
     info.block = static_cast<std::size_t>(non_negative_int(jl, "block", lw));
-    info.kind = detail::json_field<std::string>(jl, "kind", lw);
+    const auto kind = detail::json_field<std::string>(jl, "kind", lw);
+    const auto parsed = model::parse_linear_kind(kind);
+    require<ConfigError>(parsed.has_value(),
+                         "SensitivityTable JSON: {} field 'kind' is '{}', expected one of q_proj, "
+                         "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+                         lw, kind);
+    info.kind = *parsed;
     info.parameters = non_negative_int(jl, "parameters", lw);
     const std::size_t li = t.add_layer(info);
     const auto opts = detail::json_field<json>(jl, "options", lw);

@@ -266,7 +266,7 @@ inline MapResult run_map(const Context& ctx, const MapOptions& opt, ResultStore*
   }
 
   for (const auto& li : model.linears())
-    r.layers.push_back({li.name, li.block, std::string(model::linear_suffix(li.kind)),
+    r.layers.push_back({li.name, li.block, li.kind,
                         li.parameters()});
   for (const auto& m : detail::kMapMetrics)
     r.metrics.push_back({m.name, m.description, r.grid(m.key)[r.bits_option]});
@@ -301,8 +301,10 @@ inline MapResult run_map(const Context& ctx, const MapOptions& opt, ResultStore*
     nlohmann::json metrics = nlohmann::json::object();
     for (const auto& m : r.metrics) metrics[m.name] = num(m.values[l]);
     const auto& v = r.restore.rows[l];
-    nlohmann::json row = {{"name", r.layers[l].name}, {"block", r.layers[l].block},
-                          {"kind", r.layers[l].kind}, {"parameters", r.layers[l].parameters},
+    nlohmann::json row = {{"name", r.layers[l].name},
+                          {"block", r.layers[l].block},
+                          {"kind", model::linear_kind_name(r.layers[l].kind)},
+                          {"parameters", r.layers[l].parameters},
                           {"V_ppl", num(v.delta_ppl)}, {"V_kl", num(v.delta_kl)},
                           {"restored_ppl", num(v.ppl)}, {"restored_top1", num(v.top1)}};
     if (opt.quantize_one) {

@@ -348,7 +348,7 @@ inline RatiosResult run_ratios(const Context& ctx, const RatiosOptions& opt, Res
     alloc::SensitivityTable table("delta^T M delta");
     for (std::size_t l = 0; l < L; ++l) {
       const auto& li = linears[l];
-      table.add_layer({li.name, li.block, std::string(model::linear_suffix(li.kind)),
+      table.add_layer({li.name, li.block, li.kind,
                        li.parameters()});
       for (std::size_t m = 0; m < R; ++m)
         table.add_option(l, {fmt::format("r={}", opt.ratios[m]), opt.ratios[m], plain.cost[l][m],

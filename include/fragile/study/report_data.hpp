@@ -7,6 +7,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/model/linear_kind.hpp"
 #include "fragile/study/results.hpp"
 
 #include <nlohmann/json.hpp>
@@ -25,7 +26,7 @@ using Number = std::optional<double>;  ///< nullopt: absent, null (non-finite) o
 struct ReportLayer {
   std::string name;
   std::optional<std::int64_t> block;
-  std::string kind;
+  std::optional<model::LinearKind> kind;  ///< absent in results that do not name it
   Number parameters, V_ppl, V_kl, U_ppl, U_kl, U_top1;
   std::vector<std::pair<std::string, Number>> metrics;  ///< "metrics" object, by key
 
@@ -204,7 +205,13 @@ inline ReportLayer read_layer(const nlohmann::json& j, const std::string& p) {
                          p, kind_of(*b));
     l.block = b->get<std::int64_t>();
   }
-  l.kind = string_at(j, "kind", p + ".kind");
+  if (const auto kind = string_at(j, "kind", p + ".kind"); !kind.empty()) {
+    l.kind = model::parse_linear_kind(kind);
+    require<ConfigError>(l.kind.has_value(),
+                         "results: '{}.kind' is '{}', expected one of q_proj, k_proj, v_proj, "
+                         "o_proj, gate_proj, up_proj, down_proj",
+                         p, kind);
+  }
   l.parameters = number_at(j, "parameters", p + ".parameters");
   l.V_ppl = number_at(j, "V_ppl", p + ".V_ppl");
   l.V_kl = number_at(j, "V_kl", p + ".V_kl");

@@ -8,6 +8,7 @@
 // A plot whose data is absent (no shootout, no D_l) is not made. Missing values are left out.
 #pragma once
 
+#include "fragile/model/linear_kind.hpp"
 #include "fragile/study/gnuplot.hpp"
 #include "fragile/study/report_data.hpp"
 #include "fragile/study/report_format.hpp"
@@ -32,10 +33,6 @@ struct ReportPlot {
   int height = 480;     ///< SVG height (a long key or many blocks need more)
   std::string script;   ///< gnuplot commands; render_svg adds the terminal and output
 };
-
-/// Linear layer kinds in transformer order: the heatmap's columns.
-inline constexpr std::array<std::string_view, 7> kLayerKindOrder = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
 namespace detail {
 
@@ -96,15 +93,12 @@ inline std::vector<double> xs(const Points& p) {
   return v;
 }
 
-/// Known kinds in transformer order, then any others in order of first appearance.
-inline std::vector<std::string> kind_order(const std::vector<ReportLayer>& layers) {
-  std::vector<std::string> out;
-  for (const auto k : kLayerKindOrder)
+/// The kinds present, in transformer order: the heatmap's columns.
+inline std::vector<model::LinearKind> kind_order(const std::vector<ReportLayer>& layers) {
+  std::vector<model::LinearKind> out;
+  for (const auto k : model::kAllLinearKinds)
     if (std::any_of(layers.begin(), layers.end(), [&](const auto& l) { return l.kind == k; }))
-      out.emplace_back(k);
-  for (const auto& l : layers)
-    if (!l.kind.empty() && std::find(out.begin(), out.end(), l.kind) == out.end())
-      out.push_back(l.kind);
+      out.push_back(k);
   return out;
 }
 
@@ -149,14 +143,14 @@ inline ReportPlot heatmap_plot(const ReportMap& m) {
   const auto kinds = kind_order(m.layers);
   std::set<std::int64_t> block_set;
   for (const auto& l : m.layers)
-    if (l.block && !l.kind.empty() && is_finite(l.V_ppl)) block_set.insert(*l.block);
+    if (l.block && l.kind && is_finite(l.V_ppl)) block_set.insert(*l.block);
   if (block_set.empty()) return {};
   const std::vector<std::int64_t> blocks(block_set.begin(), block_set.end());
   std::vector<std::vector<double>> cells;  // column index, row index, V_ppl
   double lo = 0, hi = 0;
   for (const auto& l : m.layers) {
-    if (!l.block || l.kind.empty() || !is_finite(l.V_ppl)) continue;
-    const auto col = std::find(kinds.begin(), kinds.end(), l.kind) - kinds.begin();
+    if (!l.block || !l.kind || !is_finite(l.V_ppl)) continue;
+    const auto col = std::find(kinds.begin(), kinds.end(), *l.kind) - kinds.begin();
     const auto row = std::lower_bound(blocks.begin(), blocks.end(), *l.block) - blocks.begin();
     cells.push_back({double(col), double(row), *l.V_ppl});
     lo = std::min(lo, *l.V_ppl);
@@ -174,9 +168,8 @@ inline ReportPlot heatmap_plot(const ReportMap& m) {
   s += "set xlabel \"layer kind\"\nset ylabel \"block\"\nset cblabel \"V_ppl\"\n";
   s += "set xtics (";
   for (std::size_t i = 0; i < kinds.size(); ++i)
-    s += fmt::format("{}{} {}", i ? ", " : "", gnuplot_quote(kinds[i]), i);
+    s += fmt::format("{}{} {}", i ? ", " : "", gnuplot_quote(model::linear_kind_name(kinds[i])), i);
   s += ")\n";
-  if (kinds.size() > 7) s += "set xtics rotate by -30\n";
   // Every block labelled while they fit; past 40 rows every k-th.
   const std::size_t every = (blocks.size() + 39) / 40;
   s += "set ytics (";

@@ -3,6 +3,7 @@
 // (4 significant digits, combined columns such as "rho (p)").
 #pragma once
 
+#include "fragile/model/linear_kind.hpp"
 #include "fragile/study/report_data.hpp"
 #include "fragile/study/report_format.hpp"
 #include "fragile/study/table.hpp"
@@ -39,6 +40,10 @@ inline std::string block_text(const ReportLayer& l) {
   return l.block ? fmt::format("{}", *l.block) : kNotAvailable;
 }
 
+inline std::string kind_text(const ReportLayer& l) {
+  return l.kind ? std::string(model::linear_kind_name(*l.kind)) : std::string();
+}
+
 /// One row per layer: name, block, kind, parameters, V_ppl, V_kl, U_ppl, U_kl, the metrics.
 inline TextTable layers_table(const ReportMap& m, NumberText num) {
   TextTable t;
@@ -48,8 +53,8 @@ inline TextTable layers_table(const ReportMap& m, NumberText num) {
   t.numeric = {false, true, false};
   t.numeric.resize(t.header.size(), true);
   for (const auto& l : m.layers) {
-    std::vector<std::string> r = {l.name,       block_text(l), l.kind,     num(l.parameters),
-                                  num(l.V_ppl), num(l.V_kl),   num(l.U_ppl), num(l.U_kl)};
+    std::vector<std::string> r = {l.name,         block_text(l), kind_text(l), num(l.parameters),
+                                  num(l.V_ppl),   num(l.V_kl),   num(l.U_ppl), num(l.U_kl)};
     for (const auto& name : metrics) r.push_back(num(l.metric(name)));
     t.rows.push_back(std::move(r));
   }
@@ -156,16 +161,16 @@ inline TextTable kind_table(const ReportMap& m) {
     double v_sum = 0, kl_sum = 0;
     std::size_t n = 0, n_kl = 0, negative = 0;
   };
-  std::map<std::string, Acc> acc;
+  std::map<model::LinearKind, Acc> acc;
   for (const auto& l : m.layers) {
-    if (l.kind.empty() || !is_finite(l.V_ppl)) continue;
-    auto& a = acc[l.kind];
+    if (!l.kind || !is_finite(l.V_ppl)) continue;
+    auto& a = acc[*l.kind];
     a.v_sum += *l.V_ppl;
     ++a.n;
     if (*l.V_ppl < 0) ++a.negative;
     if (is_finite(l.V_kl)) a.kl_sum += *l.V_kl, ++a.n_kl;
   }
-  std::vector<std::pair<std::string, Acc>> rows(acc.begin(), acc.end());
+  std::vector<std::pair<model::LinearKind, Acc>> rows(acc.begin(), acc.end());
   std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     return a.second.v_sum / double(a.second.n) > b.second.v_sum / double(b.second.n);
   });
@@ -173,7 +178,7 @@ inline TextTable kind_table(const ReportMap& m) {
   t.header = {"kind", "layers", "mean V_ppl", "mean V_kl", "V_l < 0"};
   t.numeric = {false, true, true, true, true};
   for (const auto& [kind, a] : rows)
-    t.rows.push_back({kind, fmt::format("{}", a.n), readable_text(a.v_sum / double(a.n)),
+    t.rows.push_back({std::string(model::linear_kind_name(kind)), fmt::format("{}", a.n), readable_text(a.v_sum / double(a.n)),
                       a.n_kl ? readable_text(a.kl_sum / double(a.n_kl)) : kNotAvailable,
                       fmt::format("{}", a.negative)});
   return t;
