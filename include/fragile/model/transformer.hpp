@@ -99,7 +99,12 @@ class Transformer {
   Transformer(ModelConfig config, NamedTensors weights, TransformerOptions options = {})
       : config_(std::move(config)), options_(options) {
     config_.validate("in-memory weights");
+    // load() copies each tensor before asking for the next, so the previous one is freed then:
+    // the host copy and the backend's never both hold the whole model.
+    std::string previous;
     load([&](const std::string& name, std::vector<std::size_t> shape) {
+      if (!previous.empty()) weights.erase(previous);
+      previous = name;
       auto it = weights.find(name);
       require<IoError>(it != weights.end(), "in-memory weights: no tensor named '{}'", name);
       std::size_t numel = 1;
