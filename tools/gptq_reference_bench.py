@@ -28,7 +28,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--shape", action="append", metavar="ROWSxCOLS",
+                    help="time only this shape (repeatable); default: all of bench/quant's")
     args = ap.parse_args()
+    shapes = SHAPES
+    if args.shape:
+        try:
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shape]
+        except ValueError:
+            ap.error(f"--shape expects ROWSxCOLS such as 896x4864, got {args.shape}")
     torch.set_num_threads(args.threads)
     sys.path.insert(0, os.path.abspath(args.reference))
     torch.cuda.synchronize = lambda *a, **k: None  # CPU-only run
@@ -37,7 +45,7 @@ def main():
         import quant as ref_quant
     out = {}
     gen = torch.Generator().manual_seed(1)
-    for rows, cols in SHAPES:
+    for rows, cols in shapes:
         w = 0.02 * torch.randn(rows, cols, generator=gen)
         x = torch.randn(args.tokens, 1, cols, generator=gen)
         best = float("inf")

@@ -19,6 +19,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/core/linalg.hpp"
 #include "fragile/core/tensor.hpp"
 #include "fragile/quant/hessian.hpp"
 #include "fragile/quant/quantizer.hpp"
@@ -26,7 +27,6 @@
 #include "fragile/quant/rtn.hpp"
 #include "fragile/quant/spec.hpp"
 
-#include <Eigen/Cholesky>
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -37,40 +37,17 @@
 
 namespace fragile::quant {
 
-namespace detail {
-
-/// In-place inverse of a lower-triangular matrix; recursive 2x2 blocking puts the work in GEMM.
-/// [A 0; B C]^-1 = [A^-1 0; -C^-1 B A^-1  C^-1].
-inline void invert_lower_in_place(Eigen::Ref<MatrixF> l) {
-  const Index n = l.rows();
-  if (n <= 96) {
-    MatrixF inv = MatrixF::Identity(n, n);
-    l.triangularView<Eigen::Lower>().solveInPlace(inv);
-    l = inv.triangularView<Eigen::Lower>();
-    return;
-  }
-  const Index k = n / 2;
-  invert_lower_in_place(l.topLeftCorner(k, k));
-  invert_lower_in_place(l.bottomRightCorner(n - k, n - k));
-  const MatrixF t = l.bottomLeftCorner(n - k, k) * l.topLeftCorner(k, k);  // B A^-1
-  l.bottomLeftCorner(n - k, k).noalias() = -(l.bottomRightCorner(n - k, n - k) * t);
-  l.topRightCorner(k, n - k).setZero();
-}
-
-}  // namespace detail
-
 /// Upper Cholesky factor U of H^-1 (U^T U = H^-1) for a symmetric positive definite H.
 /// Throws NumericError (naming `what`) if H is not positive definite.
 inline MatrixF inverse_cholesky_upper(const Eigen::Ref<const MatrixF>& h, const std::string& what) {
   const Index n = h.rows();
   MatrixF m = h.reverse();  // J H J
-  Eigen::LLT<Eigen::Ref<MatrixF>, Eigen::Lower> llt(m);  // in place: m's lower triangle = M
-  require<NumericError>(llt.info() == Eigen::Success,
+  require<NumericError>(linalg::cholesky_lower_in_place(m),
                         "{}: the damped Hessian ({}, {}) is not positive definite; increase the "
                         "damping",
                         what, n, n);
   m.triangularView<Eigen::StrictlyUpper>().setZero();
-  detail::invert_lower_in_place(m);
+  linalg::invert_lower_in_place(m);
   require<NumericError>(m.allFinite(), "{}: inverting the Hessian's Cholesky factor gave NaN/Inf",
                         what);
   return m.reverse();  // J M^-1 J, upper triangular
@@ -227,8 +204,8 @@ struct Gptq {
         }
       }
       if (i2 < n) {
-        st.w.rightCols(n - i2).noalias() -=
-            err.leftCols(count) * st.u.block(i1, i2, count, n - i2);
+        linalg::multiply_add(-1.0f, err.leftCols(count), st.u.block(i1, i2, count, n - i2),
+                             st.w.rightCols(n - i2));
       }
     }
     for (Index r = 0; r < rows; ++r) q.codes.pack_row(r, codes.data() + r * n);

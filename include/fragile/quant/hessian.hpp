@@ -9,6 +9,7 @@
 #pragma once
 
 #include "fragile/core/error.hpp"
+#include "fragile/core/linalg.hpp"
 #include "fragile/core/tensor.hpp"
 
 #include <Eigen/Core>
@@ -23,7 +24,7 @@ class HessianAccumulator {
  public:
   HessianAccumulator() = default;
   explicit HessianAccumulator(Eigen::Index in_features, std::string name = {})
-      : name_(std::move(name)), h_(Eigen::MatrixXf::Zero(in_features, in_features)) {
+      : name_(std::move(name)), h_(MatrixF::Zero(in_features, in_features)) {
     require<ArgumentError>(in_features > 0, "HessianAccumulator{}: in_features = {}, expected > 0",
                            label(), in_features);
   }
@@ -42,21 +43,29 @@ class HessianAccumulator {
                                           static_cast<double>(tokens_ + t));
     tokens_ += t;
     const float gain = static_cast<float>(2.0 / static_cast<double>(tokens_));
-    if (keep != 1.0f) h_ *= keep;
-    h_.noalias() += gain * (x.transpose() * x);
+    // The lower triangle only (a SYRK: half a full product's flops); hessian() mirrors it.
+    linalg::gram_lower(x, gain, keep, h_);
+    symmetric_ = false;
   }
 
   [[nodiscard]] Eigen::Index in_features() const noexcept { return h_.cols(); }
   [[nodiscard]] std::int64_t tokens() const noexcept { return tokens_; }
   /// H, (in, in), symmetric. Zero until a batch was added.
-  [[nodiscard]] const Eigen::MatrixXf& hessian() const noexcept { return h_; }
+  [[nodiscard]] const MatrixF& hessian() const {
+    if (!symmetric_) {
+      linalg::mirror_lower(h_);
+      symmetric_ = true;
+    }
+    return h_;
+  }
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
  private:
   [[nodiscard]] std::string label() const { return name_.empty() ? "" : " '" + name_ + "'"; }
 
   std::string name_;
-  Eigen::MatrixXf h_;
+  mutable MatrixF h_;             // the lower triangle is H; the upper one is H after hessian()
+  mutable bool symmetric_ = true;
   std::int64_t tokens_ = 0;
 };
 
