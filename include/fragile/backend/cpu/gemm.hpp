@@ -78,8 +78,11 @@ struct CpuGemm {
       return;
     }
     // fragile splits large products over its threads itself: OpenBLAS runs on the caller's.
+    // Its OpenMP build already does inside a parallel region, and openblas_set_num_threads
+    // there calls omp_set_num_threads, which would leave every later OpenMP region of the
+    // calling thread single-threaded; only a pthreads build needs telling.
     static const bool single = [] {
-      openblas_set_num_threads(1);
+      if (openblas_get_parallel() == 1) openblas_set_num_threads(1);
       return true;
     }();
     (void)single;
