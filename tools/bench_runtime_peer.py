@@ -3,6 +3,8 @@
 random weights, Qwen2.5-0.5B shapes, fp32, CPU, the same thread count, one window of 512 tokens.
 
   forward           torch.no_grad(): model(ids, labels=ids).loss   (logits + cross-entropy)
+  sgemm             torch.mm of two 2048 x 2048 fp32 matrices: the GEMM peak the runtime is
+                    measured against (bench_model's BM_sgemm_2048 is fragile's own)
   forward_backward  parameters frozen (no weight gradients, like the C++ pass), gradient flowing
                     from the loss to the input embeddings, a hook on every decoder linear layer's
                     output receiving g_l (sum of squares taken, as the C++ sink does)
@@ -22,13 +24,26 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["forward", "forward_backward"], required=True)
+    ap.add_argument("--mode", choices=["forward", "forward_backward", "sgemm"], required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation (sdpa | eager)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.mode == "sgemm":
+        n = 2048
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm-up
+        times = []
+        for _ in range(max(args.reps, 5)):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        print(f"peer mode=sgemm n={n} threads={args.threads} torch={torch.__version__} "
+              f"median_s={med:.4f} GFLOP/s={2 * n**3 / med * 1e-9:.1f}")
+        return
     cfg = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
                       max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,

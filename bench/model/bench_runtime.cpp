@@ -4,9 +4,12 @@
 //   BM_forward_nll       forward + chunked NLL (what perplexity evaluation runs)
 //   BM_forward_backward  forward + loss + backward to every linear layer's g_l, delivered to an
 //                        observer (what a D_l / Fisher capture pass runs)
-// Counters: tokens/s, peak RSS of the process (run one benchmark per process with
-// --benchmark_filter to read its peak) and the f32 weight bytes. The PyTorch peer is
-// tools/bench_runtime_peer.py (same shapes, same thread count).
+//   BM_sgemm_2048        the CPU backend's GEMM on 2048 x 2048 x 2048: the peak the passes' GFLOP/s
+//                        are read against
+// Counters: tokens/s, GFLOP/s of the model's products (linears, LM head and attention; the
+// backward counts its input-gradient products once more), peak RSS of the process (run one
+// benchmark per process with --benchmark_filter to read its peak) and the f32 weight bytes.
+// The PyTorch peer is tools/bench_runtime_peer.py (same shapes, same thread count).
 //   OMP_NUM_THREADS=2 build/<dir>/bench/bench_model --benchmark_filter=BM_forward_nll
 #include "support/harness.hpp"
 
@@ -63,11 +66,28 @@ std::vector<model::TokenIds> windows() {
   return w;
 }
 
-void set_counters(benchmark::State& state) {
+/// Multiply-add flops of one forward over a causal window of kT tokens: the linear layers, the
+/// LM head over every position, and attention's QK^T and AV.
+double forward_flops() {
+  const auto c = bench::qwen05_config();
+  double linear = 0.0;
+  for (auto k : model::kAllLinearKinds) {
+    const auto [out, in] = model::linear_shape(c, k);
+    linear += static_cast<double>(out * in);
+  }
+  const double T = static_cast<double>(kT), L = static_cast<double>(c.num_hidden_layers);
+  const double attention = 4.0 * static_cast<double>(c.num_attention_heads * c.head_dim) *
+                           (T * (T + 1.0) / 2.0);
+  return 2.0 * T * (L * linear + static_cast<double>(c.vocab_size * c.hidden_size)) + L * attention;
+}
+
+void set_counters(benchmark::State& state, double flops_per_pass) {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kT * state.iterations()),
                                                   benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      flops_per_pass * 1e-9 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["peak_rss_MB"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
   state.counters["weights_MB"] = static_cast<double>(weight_count * sizeof(float)) / (1024.0 * 1024.0);
 }
@@ -76,7 +96,7 @@ void BM_forward_nll(benchmark::State& state) {
   const auto& m = qwen05();
   const auto w = windows();
   for (auto _ : state) benchmark::DoNotOptimize(m.token_nll(w));
-  set_counters(state);
+  set_counters(state, forward_flops());
 }
 BENCHMARK(BM_forward_nll)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
@@ -98,8 +118,23 @@ void BM_forward_backward(benchmark::State& state) {
   const auto w = windows();
   GradientSink sink;
   for (auto _ : state) benchmark::DoNotOptimize(m.capture(w, {}, sink));
-  set_counters(state);
+  set_counters(state, 2.0 * forward_flops());
 }
 BENCHMARK(BM_forward_backward)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+
+void BM_sgemm_2048(benchmark::State& state) {
+  constexpr std::size_t n = 2048;
+  const auto a = bench::random_matrix(n, n, 1), b = bench::random_matrix(n, n, 2);
+  std::vector<float> c(n * n);
+  using Ops = backend::Ops<cpu>;
+  for (auto _ : state) {
+    Ops::gemm(backend::Trans::kN, backend::Trans::kN, n, n, n, 1.0f, a.data(), n, b.data(), n,
+              0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * n * n * n * 1e-9 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_sgemm_2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
