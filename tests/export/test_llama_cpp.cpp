@@ -482,7 +482,8 @@ TEST_CASE("imatrix: sums of x^2 equal an independent computation on kjv-tiny, an
     INFO(l.linear.name);
     REQUIRE(keep.sums[l.linear.index].size() == l.sum_x2.size());
     for (std::size_t j = 0; j < l.sum_x2.size(); ++j)
-      CHECK(l.sum_x2[j] == Approx(keep.sums[l.linear.index][j]).epsilon(1e-9));
+      // batches of 2 windows there, 1 here: the products' blocking, hence rounding, differs
+      CHECK(l.sum_x2[j] == Approx(keep.sums[l.linear.index][j]).epsilon(1e-5));
   }
 
   // The GGUF file: llama-imatrix's keys, names (sorted), shapes, sums and counts.

@@ -334,7 +334,10 @@ TEMPLATE_TEST_CASE("runtime: the LM head chunk size does not change results", "[
   const auto a = m.token_nll(windows);
   m.options().head_chunk_rows = 5;  // chunks straddle windows
   const auto b = m.token_nll(windows);
-  CHECK(a == b);  // each row's NLL is computed alone, so the chunking cannot change a bit
+  // Each row's NLL is computed alone, but the sgemm that produces a chunk's logits may block a
+  // 5-row product differently from a 33-row one (OpenBLAS on Zen 5 does): agree to rounding.
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == Approx(b[i]).epsilon(1e-6));
 }
 
 TEST_CASE("runtime: repeated runs are bit-identical; other thread counts agree to 1e-6",
