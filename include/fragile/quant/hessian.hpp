@@ -43,29 +43,23 @@ class HessianAccumulator {
                                           static_cast<double>(tokens_ + t));
     tokens_ += t;
     const float gain = static_cast<float>(2.0 / static_cast<double>(tokens_));
-    // The lower triangle only (a SYRK: half a full product's flops); hessian() mirrors it.
+    // The lower triangle (a SYRK: half a full product's flops), then mirrored: n^2 copies
+    // against n^2 tokens multiply-adds.
     linalg::gram_lower(x, gain, keep, h_);
-    symmetric_ = false;
+    linalg::mirror_lower(h_);
   }
 
   [[nodiscard]] Eigen::Index in_features() const noexcept { return h_.cols(); }
   [[nodiscard]] std::int64_t tokens() const noexcept { return tokens_; }
   /// H, (in, in), symmetric. Zero until a batch was added.
-  [[nodiscard]] const MatrixF& hessian() const {
-    if (!symmetric_) {
-      linalg::mirror_lower(h_);
-      symmetric_ = true;
-    }
-    return h_;
-  }
+  [[nodiscard]] const MatrixF& hessian() const noexcept { return h_; }
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
  private:
   [[nodiscard]] std::string label() const { return name_.empty() ? "" : " '" + name_ + "'"; }
 
   std::string name_;
-  mutable MatrixF h_;             // the lower triangle is H; the upper one is H after hessian()
-  mutable bool symmetric_ = true;
+  MatrixF h_;
   std::int64_t tokens_ = 0;
 };
 
